@@ -1,0 +1,23 @@
+"""DeepSeek-VL as a Hugging Face Transformers model package."""
+
+from .auto_registration import register_auto_classes
+from .configuration_dsvl import PRESETS, DeepSeekVLConfig, DeepSeekVLSamVisionConfig
+from .modeling_dsvl import (
+    DeepSeekVLForConditionalGeneration,
+    DeepSeekVLForSequenceClassification,
+    DeepSeekVLModel,
+    DeepSeekVLPreTrainedModel,
+)
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+__all__ = [
+    "PRESETS",
+    "DeepSeekVLConfig",
+    "DeepSeekVLSamVisionConfig",
+    "DeepSeekVLPreTrainedModel",
+    "DeepSeekVLModel",
+    "DeepSeekVLForConditionalGeneration",
+    "DeepSeekVLForSequenceClassification",
+]

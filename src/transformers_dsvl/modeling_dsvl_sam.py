@@ -1,0 +1,341 @@
+"""High-resolution SAM-B tower of the hybrid DeepSeek-VL ("sam_b_downsample" of the original).
+
+Written here rather than reusing transformers' `SamVisionEncoder` for two reasons: the original takes the attention
+softmax in the working dtype (transformers' SAM upcasts to float32), and transformers' SAM materialises a dense
+relative-position bias outside any fused kernel; this tower routes attention through the attention interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_dsvl import DeepSeekVLSamVisionConfig
+
+# Attention backends that accept an additive float mask; the others get the bias folded into query and key.
+BIAS_AS_MASK_IMPLEMENTATIONS = ("eager", "sdpa")
+# Query rows per chunk when the dense relative-position bias is materialised (bounds it to ~chunk x N floats per head).
+SDPA_QUERY_CHUNK = 1024
+
+
+class DeepSeekVLSamLayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of an NCHW map, written out as the original computes it (biased variance)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mean = hidden_states.mean(1, keepdim=True)
+        variance = (hidden_states - mean).pow(2).mean(1, keepdim=True)
+        hidden_states = (hidden_states - mean) / torch.sqrt(variance + self.eps)
+        return self.weight[:, None, None] * hidden_states + self.bias[:, None, None]
+
+
+class DeepSeekVLSamPatchEmbeddings(nn.Module):
+    def __init__(self, config: DeepSeekVLSamVisionConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(pixel_values).permute(0, 2, 3, 1)  # NHWC, as the original keeps it
+
+
+class DeepSeekVLSamMLP(nn.Module):
+    def __init__(self, config: DeepSeekVLSamVisionConfig):
+        super().__init__()
+        self.lin1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.lin2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(hidden_states)))
+
+
+def relative_position_terms(
+    query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decomposed relative positions (MViTv2): per query, its dot products with the height and width tables.
+
+    query: [B, heads, height*width, head_dim] (unscaled, as the original uses it). Returns rel_h [B, heads, N, height]
+    and rel_w [B, heads, N, width] such that bias[i, j] = rel_h[i, row(j)] + rel_w[i, col(j)].
+    """
+    coords_h = torch.arange(height, device=query.device)
+    coords_w = torch.arange(width, device=query.device)
+    # Table rows for offsets (i - j) + K - 1; the table length is exactly 2K - 1, so no interpolation is needed.
+    table_h = rel_pos_h[(coords_h[:, None] - coords_h[None, :]) + height - 1].to(query.dtype)  # [h_q, h_k, d]
+    table_w = rel_pos_w[(coords_w[:, None] - coords_w[None, :]) + width - 1].to(query.dtype)  # [w_q, w_k, d]
+    batch, heads, _, head_dim = query.shape
+    grid_query = query.reshape(batch, heads, height, width, head_dim)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_query, table_h).reshape(batch, heads, height * width, height)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_query, table_w).reshape(batch, heads, height * width, width)
+    return rel_h, rel_w
+
+
+def dense_relative_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    batch, heads, queries, height = rel_h.shape
+    width = rel_w.shape[-1]
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(batch, heads, queries, height * width)
+
+
+def fold_bias_into_query_key(query, key, value, rel_h, rel_w, scaling):
+    """Rewrite q.k*s + rel_h[row] + rel_w[col] as one dot product of widened vectors, for bias-free kernels.
+
+    q' = [q*s, rel_h, rel_w], k' = [k, onehot(row), onehot(col)]; value is zero-padded to the same width (kernels
+    such as flash-attention need equal head dims) and the caller slices the padding off the output.
+    """
+    batch, heads, keys, head_dim = key.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    rows = torch.arange(keys, device=key.device) // width
+    cols = torch.arange(keys, device=key.device) % width
+    onehot_rows = F.one_hot(rows, height).to(key.dtype).expand(batch, heads, keys, height)
+    onehot_cols = F.one_hot(cols, width).to(key.dtype).expand(batch, heads, keys, width)
+    wide_query = torch.cat([query * scaling, rel_h, rel_w], dim=-1)
+    wide_key = torch.cat([key, onehot_rows, onehot_cols], dim=-1)
+    wide_value = F.pad(value, (0, height + width))
+    return wide_query, wide_key, wide_value
+
+
+def sam_eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's arithmetic: (q*s) k^T + bias, softmax in the working dtype (no float32 upcast)."""
+    attn_weights = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = attn_weights.softmax(dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class DeepSeekVLSamAttention(nn.Module):
+    """Multi-head attention over an h x w token map with decomposed relative positions (fused qkv, as the original)."""
+
+    def __init__(self, config: DeepSeekVLSamVisionConfig, input_size: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size - 1, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, self.head_dim))
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        batch, height, width, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, height * width, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
+        rel_h, rel_w = relative_position_terms(query, self.rel_pos_h, self.rel_pos_w, height, width)
+
+        implementation = self.config._attn_implementation or "eager"
+        if output_attentions and implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention, but the SAM tower runs {implementation!r}. "
+                "Fix: load the model with attn_implementation='eager'."
+            )
+        dropout = self.config.attention_dropout if self.training else 0.0
+        if implementation == "eager":
+            bias = dense_relative_bias(rel_h, rel_w)
+            attn_output, attn_weights = sam_eager_attention_forward(
+                self, query, key, value, bias, scaling=self.scaling, dropout=dropout
+            )
+        elif implementation == "sdpa":
+            attn_output, attn_weights = self._chunked_sdpa(query, key, value, rel_h, rel_w, dropout), None
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
+            wide_query, wide_key, wide_value = fold_bias_into_query_key(query, key, value, rel_h, rel_w, self.scaling)
+            attn_output, attn_weights = attention_interface(
+                self, wide_query, wide_key, wide_value, None, dropout=dropout, scaling=1.0, is_causal=False
+            )
+            attn_output = attn_output[..., : self.head_dim]
+
+        attn_output = attn_output.reshape(batch, height, width, -1)
+        return self.proj(attn_output), attn_weights
+
+    def _chunked_sdpa(self, query, key, value, rel_h, rel_w, dropout):
+        # The dense bias of a global block is heads x N x N; chunking the queries keeps it to heads x chunk x N.
+        outputs = []
+        for start in range(0, query.shape[2], SDPA_QUERY_CHUNK):
+            stop = start + SDPA_QUERY_CHUNK
+            bias = dense_relative_bias(rel_h[:, :, start:stop], rel_w[:, :, start:stop])
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    query[:, :, start:stop], key, value, attn_mask=bias, dropout_p=dropout, scale=self.scaling
+                )
+            )
+        return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+def window_partition(hidden_states: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad NHWC at the bottom/right to a multiple of the window and cut it into windows."""
+    batch, height, width, channels = hidden_states.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
+    padded_h, padded_w = height + pad_h, width + pad_w
+    hidden_states = hidden_states.reshape(
+        batch, padded_h // window_size, window_size, padded_w // window_size, window_size, channels
+    )
+    windows = hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, channels)
+    return windows, (padded_h, padded_w)
+
+
+def window_unpartition(windows, window_size, padded_hw, original_hw) -> torch.Tensor:
+    padded_h, padded_w = padded_hw
+    height, width = original_hw
+    batch = windows.shape[0] // ((padded_h // window_size) * (padded_w // window_size))
+    hidden_states = windows.reshape(
+        batch, padded_h // window_size, padded_w // window_size, window_size, window_size, -1
+    )
+    hidden_states = hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
+    return hidden_states[:, :height, :width, :].contiguous()
+
+
+class DeepSeekVLSamBlock(GradientCheckpointingLayer):
+    def __init__(self, config: DeepSeekVLSamVisionConfig, layer_index: int):
+        super().__init__()
+        self.window_size = 0 if layer_index in config.global_attn_indexes else config.window_size
+        attention_size = self.window_size if self.window_size else config.grid_size
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = DeepSeekVLSamAttention(config, input_size=attention_size)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DeepSeekVLSamMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        residual = hidden_states
+        hidden_states = self.layer_norm1(hidden_states)
+        if self.window_size:
+            height, width = hidden_states.shape[1:3]
+            hidden_states, padded_hw = window_partition(hidden_states, self.window_size)
+        hidden_states, attn_weights = self.attn(hidden_states, output_attentions=output_attentions)
+        if self.window_size:
+            hidden_states = window_unpartition(hidden_states, self.window_size, padded_hw, (height, width))
+        hidden_states = residual + hidden_states
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, attn_weights
+
+
+class DeepSeekVLSamNeck(nn.Module):
+    def __init__(self, config: DeepSeekVLSamVisionConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(config.hidden_size, config.neck_channels, kernel_size=1, bias=False)
+        self.layer_norm1 = DeepSeekVLSamLayerNorm2d(config.neck_channels, eps=config.layer_norm_eps)
+        self.conv2 = nn.Conv2d(config.neck_channels, config.neck_channels, kernel_size=3, padding=1, bias=False)
+        self.layer_norm2 = DeepSeekVLSamLayerNorm2d(config.neck_channels, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.layer_norm1(self.conv1(hidden_states.permute(0, 3, 1, 2)))
+        return self.layer_norm2(self.conv2(hidden_states))
+
+
+@dataclass
+class DeepSeekVLSamVisionOutput(ModelOutput):
+    """
+    last_hidden_state: [batch, output_grid_size**2, output_channels], the tower's tokens in row-major grid order.
+    hidden_states: the NHWC token map after the embeddings and after each block (when requested).
+    attentions: per-block attention weights (eager only, when requested).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class DeepSeekVLSamVisionModel(nn.Module):
+    """SAM-B ViT + neck + resize + stride-2 downsampling, plus the global-feature branch of block
+    `global_feature_layer`: out = D(I(N(h_last))) + alpha * D(I(N_global(h_global)))."""
+
+    def __init__(self, config: DeepSeekVLSamVisionConfig):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        self.patch_embed = DeepSeekVLSamPatchEmbeddings(config)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size, config.grid_size, config.hidden_size))
+        self.layers = nn.ModuleList(DeepSeekVLSamBlock(config, i) for i in range(config.num_hidden_layers))
+        self.neck = DeepSeekVLSamNeck(config)
+        channels = [config.neck_channels, *config.downsample_channels]
+        self.downsamples = nn.ModuleList(
+            nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, stride=2, padding=1, bias=False)
+            for i in range(len(config.downsample_channels))
+        )
+        if config.global_feature_layer is not None:
+            self.global_neck = DeepSeekVLSamNeck(config)
+            self.global_alpha = nn.Parameter(torch.zeros(1))
+
+    def resize_and_downsample(self, feature_map: torch.Tensor) -> torch.Tensor:
+        size = self.config.resize_size
+        # Bilinear resize in float32 and back, as the original does, whatever the working dtype.
+        feature_map = F.interpolate(feature_map.float(), size=(size, size), mode="bilinear", align_corners=False)
+        feature_map = feature_map.to(self.neck.conv1.weight.dtype)
+        for conv in self.downsamples:
+            feature_map = conv(feature_map)
+        return feature_map
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> DeepSeekVLSamVisionOutput:
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"high_res_pixel_values must have shape [num_images, {expected[0]}, {expected[1]}, {expected[2]}], got "
+                f"{list(pixel_values.shape)}. Fix: preprocess images with DeepSeekVLImageProcessor of this checkpoint."
+            )
+        hidden_states = self.patch_embed(pixel_values) + self.pos_embed
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        global_features = None
+        for index, layer in enumerate(self.layers):
+            hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+            if index == self.config.global_feature_layer:
+                global_features = hidden_states
+
+        output = self.resize_and_downsample(self.neck(hidden_states))
+        if global_features is not None:
+            output = output + self.global_alpha * self.resize_and_downsample(self.global_neck(global_features))
+        output = output.flatten(2).transpose(1, 2)  # [B, C, g, g] -> [B, g*g, C], row-major grid order
+        return DeepSeekVLSamVisionOutput(
+            last_hidden_state=output, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+def init_sam_weights(module: nn.Module, std: float, init) -> None:
+    """Initialise the SAM-specific parameters; `init` is transformers.initialization (5.x) or torch.nn.init (4.x)."""
+    if isinstance(module, DeepSeekVLSamVisionModel):
+        init.normal_(module.pos_embed, mean=0.0, std=std)
+        if module.config.global_feature_layer is not None:
+            init.zeros_(module.global_alpha)
+    elif isinstance(module, DeepSeekVLSamAttention):
+        init.normal_(module.rel_pos_h, mean=0.0, std=std)
+        init.normal_(module.rel_pos_w, mean=0.0, std=std)
+    elif isinstance(module, DeepSeekVLSamLayerNorm2d):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+
+
+__all__ = ["DeepSeekVLSamVisionModel", "init_sam_weights"]
