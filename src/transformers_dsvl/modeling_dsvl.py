@@ -106,6 +106,21 @@ class DeepSeekVLAligner(nn.Module):
         return self.layers(hidden_states)
 
 
+def build_siglip_tower(config) -> nn.Module:
+    """transformers' SigLIP vision transformer, with the same parameter names under 4.x and 5.x.
+
+    transformers 5 flattened `SiglipVisionModel` into the transformer itself, while 4.x wraps it as `.vision_model`;
+    taking the inner transformer on 4.x keeps checkpoints loadable across both versions.
+    """
+    try:
+        from transformers.models.siglip.modeling_siglip import SiglipVisionTransformer  # transformers 4.x
+    except ImportError:
+        from transformers import SiglipVisionModel
+
+        return SiglipVisionModel(config)
+    return SiglipVisionTransformer(config)
+
+
 def normalize_pixels(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std in the input dtype, with mean and std cast to it first, as the original does."""
     shape = (1, -1, 1, 1)
@@ -153,7 +168,7 @@ class DeepSeekVLPreTrainedModel(PreTrainedModel):
 class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
     def __init__(self, config: DeepSeekVLConfig):
         super().__init__(config)
-        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.vision_model = build_siglip_tower(config.vision_config)
         self.high_res_vision_model = (
             DeepSeekVLSamVisionModel(config.high_res_vision_config) if config.is_hybrid else None
         )
@@ -204,7 +219,7 @@ class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
                 "Fix: preprocess images with this checkpoint's DeepSeekVLImageProcessor (images are flattened over "
                 "the batch in order of appearance)."
             )
-        pixel_values = pixel_values.to(self.vision_model.dtype)
+        pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embedding.weight.dtype)
         low_res_features = self.vision_model(
             pixel_values=normalize_pixels(pixel_values, config.low_res_image_mean, config.low_res_image_std)
         ).last_hidden_state
