@@ -168,6 +168,9 @@ class DeepSeekVLPreTrainedModel(PreTrainedModel):
 class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
     def __init__(self, config: DeepSeekVLConfig):
         super().__init__(config)
+        # transformers 4.x resolves the attention implementation on the top config only; the SigLIP and SAM towers
+        # are plain modules that read their own sub-configs, so the setter hands it down to them.
+        self.config._attn_implementation = self.config._attn_implementation
         self.vision_model = build_siglip_tower(config.vision_config)
         self.high_res_vision_model = (
             DeepSeekVLSamVisionModel(config.high_res_vision_config) if config.is_hybrid else None
