@@ -135,8 +135,8 @@ def _array_to_pil(array: np.ndarray, prefer_channels_first: bool, index: int) ->
             channels_last = last_is_channel
         if not channels_last and not first_is_channel:
             raise ValueError(
-                f"Image {index} has shape {tuple(array.shape)}: no axis of size 1, 3 or 4 to use as channels. "
-                "Pass a grayscale (H, W), RGB or RGBA image as (H, W, C) or (C, H, W)."
+                f"Image {index} has shape {tuple(array.shape)}: wrong channel count, no axis of size 1 (grayscale), "
+                "3 (RGB) or 4 (RGBA, alpha is dropped). Pass (H, W), (H, W, C) or (C, H, W) images."
             )
         if not channels_last:
             array = np.moveaxis(array, 0, -1)
@@ -148,11 +148,6 @@ def _array_to_pil(array: np.ndarray, prefer_channels_first: bool, index: int) ->
     height, width, channels = array.shape
     if height == 0 or width == 0:
         raise ValueError(f"Image {index} is empty ({width}x{height} pixels). Remove it or pass a non-empty image.")
-    if channels not in (1, 3, 4):
-        raise ValueError(
-            f"Image {index} has {channels} channels. Pass 1 (grayscale), 3 (RGB) or 4 (RGBA, alpha is dropped)."
-        )
-
     if array.dtype == np.uint8:
         pass
     elif array.dtype == np.uint16:
