@@ -505,7 +505,7 @@ class DeepSeekVLProcessor(ProcessorMixin):
             kwargs.pop("add_special_tokens", None)
             if isinstance(processor_kwargs, dict):
                 kwargs["processor_kwargs"] = {k: v for k, v in processor_kwargs.items() if k != "add_special_tokens"}
-        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+        return super().apply_chat_template(_with_list_contents(conversation), chat_template=chat_template, **kwargs)
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
         """Decode generated ids: a batch (2-D) gives a list of strings, one sequence (1-D) a string."""
@@ -514,6 +514,25 @@ class DeepSeekVLProcessor(ProcessorMixin):
         if len(generated_outputs) > 0 and isinstance(generated_outputs[0], (list, tuple)):
             return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
         return self.tokenizer.decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+def _with_list_contents(conversation):
+    """Copy of the conversation(s) with string contents as one text part each (the template renders both forms
+    alike; transformers 4.x's tokenising `apply_chat_template` only reads list contents)."""
+
+    def convert(messages):
+        if not isinstance(messages, (list, tuple)):
+            return messages  # e.g. a transformers `Chat` object: left to transformers
+        converted = []
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                message = {**message, "content": [{"type": "text", "text": message["content"]}]}
+            converted.append(message)
+        return converted
+
+    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+        return [convert(messages) for messages in conversation]
+    return convert(conversation)
 
 
 __all__ = ["CHAT_TEMPLATE", "DEFAULT_SYSTEM_PROMPT", "DeepSeekVLProcessor"]
