@@ -15,12 +15,14 @@ numpy, torch, transformers and the sibling files `image_processing_dsvl.py` and 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils import logging
@@ -196,8 +198,41 @@ class DeepSeekVLProcessor(ProcessorMixin):
         # in transformers 4.x and 5.x whether or not the classes are registered (e.g. with trust_remote_code).
         kwargs.pop("processor_dict", None)
         image_processor = DeepSeekVLImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            # transformers 5 saves plain fast tokenizers as "TokenizersBackend", a class transformers 4 lacks.
+            if "TokenizersBackend" not in str(error):
+                raise
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [image_processor, tokenizer]
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save the processor (tokenizer files, processor config, `chat_template.jinja`); see `ProcessorMixin`.
+
+        transformers 5 records a plain fast tokenizer as `"tokenizer_class": "TokenizersBackend"` and its extra
+        special tokens as a list under `extra_special_tokens`, neither of which transformers 4 can load; they are
+        rewritten as `PreTrainedTokenizerFast` (the same class in transformers 5) and `additional_special_tokens`
+        (read by both), so the checkpoint loads with both versions. (With `push_to_hub=True` the upload happens
+        before this rewrite.)
+        """
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        tokenizer_config = os.path.join(save_directory, "tokenizer_config.json")
+        if os.path.isfile(tokenizer_config):
+            with open(tokenizer_config, encoding="utf-8") as file:
+                config = json.load(file)
+            portable = dict(config)
+            if portable.get("tokenizer_class") == "TokenizersBackend":
+                portable["tokenizer_class"] = "PreTrainedTokenizerFast"
+            if isinstance(portable.get("extra_special_tokens"), list):
+                # transformers 5 writes a list here; transformers 4 expects a dict here and the list under
+                # additional_special_tokens, which transformers 5 also reads.
+                portable["additional_special_tokens"] = portable.pop("extra_special_tokens")
+            if portable != config:
+                config = portable
+                with open(tokenizer_config, "w", encoding="utf-8") as file:
+                    file.write(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return files
 
     @classmethod
     def from_args_and_dict(cls, args, processor_dict: dict[str, Any], **kwargs):

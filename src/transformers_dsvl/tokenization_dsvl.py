@@ -125,9 +125,13 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         )
     if IMAGE_TOKEN not in tokenizer.all_special_tokens:
         # Also for a vocabulary entry that is not registered as special: it must never be split or skipped wrongly.
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [_image_added_token()]}, replace_additional_special_tokens=False
-        )
+        # Keep the existing additional special tokens (transformers 4 names them additional_special_tokens,
+        # transformers 5 extra_special_tokens; setting the list replaces it in both).
+        existing = getattr(tokenizer, "additional_special_tokens", None)
+        if existing is None:
+            existing = getattr(tokenizer, "extra_special_tokens", None)
+        existing = list(existing) if isinstance(existing, (list, tuple)) else []
+        tokenizer.add_special_tokens({"additional_special_tokens": existing + [_image_added_token()]})
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(
