@@ -2,12 +2,14 @@
 
 from .auto_registration import register_auto_classes
 from .configuration_dsvl import PRESETS, DeepSeekVLConfig, DeepSeekVLSamVisionConfig
+from .image_processing_dsvl import DeepSeekVLImageProcessor
 from .modeling_dsvl import (
     DeepSeekVLForConditionalGeneration,
     DeepSeekVLForSequenceClassification,
     DeepSeekVLModel,
     DeepSeekVLPreTrainedModel,
 )
+from .processing_dsvl import DeepSeekVLProcessor
 
 register_auto_classes()
 
@@ -20,4 +22,6 @@ __all__ = [
     "DeepSeekVLModel",
     "DeepSeekVLForConditionalGeneration",
     "DeepSeekVLForSequenceClassification",
+    "DeepSeekVLImageProcessor",
+    "DeepSeekVLProcessor",
 ]

@@ -3,13 +3,17 @@
 import transformers
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
+    AutoProcessor,
 )
 
 from .configuration_dsvl import DeepSeekVLConfig, DeepSeekVLSamVisionConfig
+from .image_processing_dsvl import DeepSeekVLImageProcessor
 from .modeling_dsvl import DeepSeekVLForConditionalGeneration, DeepSeekVLForSequenceClassification, DeepSeekVLModel
+from .processing_dsvl import DeepSeekVLProcessor
 
 
 def register_auto_classes() -> None:
@@ -18,6 +22,10 @@ def register_auto_classes() -> None:
     AutoModel.register(DeepSeekVLConfig, DeepSeekVLModel, exist_ok=True)
     AutoModelForImageTextToText.register(DeepSeekVLConfig, DeepSeekVLForConditionalGeneration, exist_ok=True)
     AutoModelForSequenceClassification.register(DeepSeekVLConfig, DeepSeekVLForSequenceClassification, exist_ok=True)
+    # The image processor is a slow (PIL/NumPy) one: the original resizes with PIL bicubic, which no torch kernel
+    # reproduces; the keyword changed name between transformers 4 and 5, the first positional slot did not.
+    AutoImageProcessor.register(DeepSeekVLConfig, DeepSeekVLImageProcessor, exist_ok=True)
+    AutoProcessor.register(DeepSeekVLConfig, DeepSeekVLProcessor, exist_ok=True)
     vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)  # removed in transformers 5
     if vision2seq is not None:
         vision2seq.register(DeepSeekVLConfig, DeepSeekVLForConditionalGeneration, exist_ok=True)
@@ -27,3 +35,5 @@ def register_auto_classes() -> None:
     DeepSeekVLModel.register_for_auto_class("AutoModel")
     DeepSeekVLForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     DeepSeekVLForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    DeepSeekVLImageProcessor.register_for_auto_class("AutoImageProcessor")
+    DeepSeekVLProcessor.register_for_auto_class("AutoProcessor")
