@@ -151,7 +151,8 @@ class DeepSeekVLProcessor(ProcessorMixin):
         num_image_tokens: int = 576,
         image_token: str = IMAGE_TOKEN,
     ):
-        if not isinstance(image_processor, DeepSeekVLImageProcessor):
+        # By name: with trust_remote_code the class may come from a copy of this package's file.
+        if not any(base.__name__ == "DeepSeekVLImageProcessor" for base in type(image_processor).__mro__):
             raise TypeError(
                 f"image_processor must be a DeepSeekVLImageProcessor, got {type(image_processor).__name__}. Build one "
                 "with DeepSeekVLImageProcessor(...) or DeepSeekVLImageProcessor.from_pretrained(path)."
