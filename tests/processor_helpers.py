@@ -58,7 +58,8 @@ def tiny_image_processor(hybrid: bool = False, **overrides) -> DeepSeekVLImagePr
 
 
 def tiny_processor(hybrid: bool = False, num_image_tokens: int = 16, **image_overrides) -> DeepSeekVLProcessor:
-    return DeepSeekVLProcessor(tiny_image_processor(hybrid, **image_overrides), tiny_tokenizer(), num_image_tokens=num_image_tokens)
+    image_processor = tiny_image_processor(hybrid, **image_overrides)
+    return DeepSeekVLProcessor(image_processor, tiny_tokenizer(), num_image_tokens=num_image_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -92,7 +92,12 @@ CASES = {
         False,
     ),
     "system message replaces the default": (
-        [{"role": "system", "content": "Be brief."}, user(image_part(), "What is it?"), assistant("A dog."), user("Color?")],
+        [
+            {"role": "system", "content": "Be brief."},
+            user(image_part(), "What is it?"),
+            assistant("A dog."),
+            user("Color?"),
+        ],
         [
             {"role": "User", "content": f"{IMAGE}What is it?"},
             {"role": "Assistant", "content": "A dog."},
@@ -182,7 +187,9 @@ def test_rendering_equals_the_original(processor, name):
 def test_prefill_continues_the_final_assistant_message(processor):
     messages = [user(image_part(), "What is it?"), assistant("It is a ")]
     rendered = processor.apply_chat_template(messages, continue_final_message=True)
-    full = original_sft_format([{"role": "User", "content": f"{IMAGE}What is it?"}, {"role": "Assistant", "content": "It is a"}])
+    full = original_sft_format(
+        [{"role": "User", "content": f"{IMAGE}What is it?"}, {"role": "Assistant", "content": "It is a"}]
+    )
     assert full.endswith(EOS)
     assert rendered == full[: -len(EOS)] == f"{SYSTEM}\n\nUser: {IMAGE}What is it?\n\nAssistant: It is a"
 
@@ -204,7 +211,11 @@ def test_bos_once_even_when_add_special_tokens_false_is_passed(processor):
     # TRL passes add_special_tokens=False (for templates that write BOS); this template does not, so BOS stays.
     messages = [user("Hi"), assistant("Hello.")]
     out = processor.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_tensors="pt", **_processor_kwargs({"add_special_tokens": False})
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        **_processor_kwargs({"add_special_tokens": False}),
     )
     ids = out["input_ids"][0].tolist()
     assert ids[0] == processor.tokenizer.bos_token_id and ids.count(processor.tokenizer.bos_token_id) == 1

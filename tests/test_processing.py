@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +47,10 @@ def processor():
 
 
 def images_for(prompts):
-    return [[noise_rgb(20 + 3 * i, 30 - j, seed=10 * i + j) for j in range(p.count(IMAGE))] for i, p in enumerate(prompts)]
+    return [
+        [noise_rgb(20 + 3 * i, 30 - j, seed=10 * i + j) for j in range(prompt.count(IMAGE))]
+        for i, prompt in enumerate(prompts)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,7 +244,8 @@ def test_prepare_tokenizer_adds_what_is_missing(caplog):
         prepare_tokenizer(tokenizer)
     assert any("has no '<image_placeholder>' token" in record.getMessage() for record in caplog.records)
     assert IMAGE in tokenizer.get_vocab() and {IMAGE, "<other>"} <= set(tokenizer.all_special_tokens)
-    assert tokenizer("a<image_placeholder>b", add_special_tokens=False)["input_ids"].count(tokenizer.convert_tokens_to_ids(IMAGE)) == 1
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    assert tokenizer(f"a{IMAGE}b", add_special_tokens=False)["input_ids"].count(image_id) == 1
     assert tokenizer.pad_token == "</s>" and tokenizer.padding_side == "left"
     no_eos = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))
     with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
@@ -283,7 +289,8 @@ def test_save_and_load_round_trip(tmp_path, hybrid):
     assert loaded.tokenizer.pad_token_id == processor.tokenizer.pad_token_id
     texts = [f"{IMAGE}Describe.", "Text only, a bit longer than the other one."]
     images = [noise_rgb(33, 21)]
-    a, b = processor(text=texts, images=images, return_tensors="pt"), loaded(text=texts, images=images, return_tensors="pt")
+    a = processor(text=texts, images=images, return_tensors="pt")
+    b = loaded(text=texts, images=images, return_tensors="pt")
     assert set(a.keys()) == set(b.keys())
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -305,10 +312,28 @@ def _tiny_config_dict(preset: str) -> dict:
     return DeepSeekVLConfig.from_preset(preset).to_dict()
 
 
-OTHER_PYTHON = "/opt/venv457/bin/python" if transformers.__version__.startswith("5.") else "/opt/venv5/bin/python"
+def other_transformers_python() -> str | None:
+    """A Python of a sibling virtualenv with the other transformers major version (4 <-> 5), if there is one:
+    $DSVL_OTHER_PYTHON, the venvs next to this one (.ci-cache/venv-*), or /opt/venv*."""
+    major = transformers.__version__.split(".")[0]
+    here = Path(sys.prefix).resolve()
+    candidates = [Path(os.environ["DSVL_OTHER_PYTHON"]).parent.parent] if os.environ.get("DSVL_OTHER_PYTHON") else []
+    candidates += sorted(here.parent.glob("venv*")) + sorted(Path("/opt").glob("venv*"))
+    for prefix in candidates:
+        python = prefix / "bin" / "python"
+        if prefix.resolve() == here or not python.exists():
+            continue
+        for info in prefix.glob("lib/python*/site-packages/transformers-*.dist-info"):
+            version = info.name[len("transformers-") : -len(".dist-info")]
+            if version.split(".")[0] != major and (prefix / "bin" / "python").exists():
+                return str(python)
+    return None
 
 
-@pytest.mark.skipif(not os.path.exists(OTHER_PYTHON), reason=f"the other transformers venv ({OTHER_PYTHON}) is absent")
+OTHER_PYTHON = other_transformers_python()
+
+
+@pytest.mark.skipif(OTHER_PYTHON is None, reason="no virtualenv with the other transformers major version was found")
 def test_checkpoint_saved_by_the_other_transformers_version_loads(tmp_path):
     # Checkpoints cross versions: 5.x nests the image processor in processor_config.json, 4.x writes
     # preprocessor_config.json. Save with the other major version, load here, compare outputs.
@@ -327,7 +352,8 @@ def test_checkpoint_saved_by_the_other_transformers_version_loads(tmp_path):
     assert loaded.num_image_tokens == 9 and loaded.chat_template == CHAT_TEMPLATE
     assert loaded.image_processor.to_dict()["low_res_image_size"] == 32
     text, images = f"{IMAGE}Hi there", [noise_rgb(40, 30)]
-    a, b = reference(text=text, images=images, return_tensors="pt"), loaded(text=text, images=images, return_tensors="pt")
+    a = reference(text=text, images=images, return_tensors="pt")
+    b = loaded(text=text, images=images, return_tensors="pt")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
@@ -338,7 +364,7 @@ def test_checkpoint_saved_by_the_other_transformers_version_loads(tmp_path):
 def test_bad_inputs_give_clear_errors(processor):
     image = noise_rgb(10, 10)
     cases = [
-        (dict(text=f"{IMAGE}{IMAGE}Hi", images=[image]), ValueError, "2 <image_placeholder> placeholder\\(s\\).* but 1 image"),
+        (dict(text=f"{IMAGE}{IMAGE}Hi", images=[image]), ValueError, "2 <image_placeholder> placeholder.* but 1 image"),
         (dict(text="Hi", images=[image]), ValueError, "0 <image_placeholder> placeholder\\(s\\).* but 1 image"),
         (dict(text=f"{IMAGE}Hi"), ValueError, "but 0 image"),
         (dict(text=[f"{IMAGE}a", "b"], images=[[], [image]]), ValueError, "Sample 0 has 1 <image_placeholder>"),

@@ -45,7 +45,9 @@ def image_block(image):
 
 def chats():
     return {
-        "single": [{"role": "user", "content": [image_block(noise_rgb(40, 24, 1)), {"type": "text", "text": "What is it?"}]}],
+        "single": [
+            {"role": "user", "content": [image_block(noise_rgb(40, 24, 1)), {"type": "text", "text": "What is it?"}]}
+        ],
         "two images": [
             {
                 "role": "user",
@@ -95,7 +97,8 @@ def test_pipeline_equals_direct_generate(checkpoint):
     # The same token ids, prompt included.
     ids = pipe(text=conversations["single"], max_new_tokens=MAX_NEW_TOKENS, return_tensors=True,
                generate_kwargs={"do_sample": False})[0]["generated_token_ids"]
-    assert torch.as_tensor(ids).tolist() == generate_directly(model, processor, [conversations["single"]], True)[0].tolist()
+    direct = generate_directly(model, processor, [conversations["single"]], return_ids=True)
+    assert torch.as_tensor(ids).tolist() == direct[0].tolist()
     # A batch of three chats of different lengths (the pipeline runs them one by one).
     batch = [conversations["single"], conversations["two images"], conversations["text only"]]
     answers = pipe(text=batch, **pipeline_kwargs())

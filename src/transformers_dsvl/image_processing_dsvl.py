@@ -39,9 +39,6 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -89,6 +86,10 @@ def _as_rgb_triple(field: str, value, lower: float, upper: float, strict_lower: 
     return values
 
 
+def _is_byte(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 255
+
+
 def _check_positive_int(field: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         _fail(field, f"must be a positive integer, got {value!r}", f"set {field} to a positive integer")
@@ -98,8 +99,8 @@ def _check_positive_int(field: str, value) -> int:
 def resized_size(width: int, height: int, image_size: int, min_size: int) -> tuple[int, int]:
     """(new_width, new_height) of the original rule: long side -> image_size, short side >= min_size.
 
-    `int(side / long_side * image_size)`, in this order, truncated; `round` or `int(side * image_size / long_side)`
-    give other results for some sizes, which would shift every pixel of the image.
+    `int(side / long_side * image_size)`, in this order, truncated; `round(side * image_size / long_side)` or
+    `int(side * (image_size / long_side))` give other results for some sizes, which shifts every pixel.
     """
     long_side = max(width, height)
     new_height = max(int(height / long_side * image_size), min_size)
@@ -397,11 +398,7 @@ class DeepSeekVLImageProcessor(BaseImageProcessor):
         settings["do_normalize"] = bool(settings["do_normalize"])
         color = settings["background_color"]
         if color is not None:
-            if (
-                not isinstance(color, (list, tuple))
-                or len(color) != 3
-                or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
-            ):
+            if not isinstance(color, (list, tuple)) or len(color) != 3 or not all(_is_byte(c) for c in color):
                 _fail("background_color", f"must be 3 integers in 0..255, got {color!r}", "pass e.g. (127, 127, 127)")
             settings["background_color"] = tuple(int(c) for c in color)
         if settings["low_res_image_size"] is not None:

@@ -1,9 +1,9 @@
 """Tokenizer helpers for DeepSeek-VL: the special tokens of the release, a small trainable stand-in tokenizer for
 tests and demos, and `prepare_tokenizer`, which gives any tokenizer what the DeepSeek-VL processor relies on.
 
-The released tokenizer is DeepSeek-LLM's byte-level BPE (100016 entries) with
-`<｜begin▁of▁sentence｜>` (100000) prepended by `encode`, `<｜end▁of▁sentence｜>` (100001) never appended, and
-`<image_placeholder>` (100015) as an additional special token. No pad token is defined; the original processor pads
+The released tokenizer is DeepSeek-LLM's byte-level BPE (100016 entries) with `<｜begin▁of▁sentence｜>`
+(100000) prepended by `encode`, `<｜end▁of▁sentence｜>` (100001) never appended, and `<image_placeholder>`
+(100015) as an additional special token. No pad token is defined; the original processor pads
 with the EOS id.
 
 This file is copied next to saved checkpoints (the processor imports it), so at module level it imports only the
