@@ -4,6 +4,7 @@ its `{% generation %}` markers give assistant masks covering exactly the answers
 from __future__ import annotations
 
 import pytest
+import torch
 from processor_helpers import EOS, IMAGE, SYSTEM, noise_rgb, original_input_ids, original_sft_format, tiny_processor
 
 from transformers_dsvl.processing_dsvl import CHAT_TEMPLATE
@@ -192,6 +193,33 @@ def test_prefill_continues_the_final_assistant_message(processor):
     )
     assert full.endswith(EOS)
     assert rendered == full[: -len(EOS)] == f"{SYSTEM}\n\nUser: {IMAGE}What is it?\n\nAssistant: It is a"
+
+
+def test_tokenised_prefill_ends_with_the_prefill_tokens(processor):
+    messages = [user("What is it?"), assistant("It is a")]
+    out = processor.apply_chat_template(
+        messages, continue_final_message=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    prompt = f"{SYSTEM}\n\nUser: What is it?\n\nAssistant: It is a"
+    assert out["input_ids"][0].tolist() == original_input_ids(processor.tokenizer, prompt, processor.num_image_tokens)
+    assert processor.tokenizer.eos_token_id not in out["input_ids"][0].tolist()
+
+
+def test_images_given_by_path_in_the_chat(processor, tmp_path):
+    image = noise_rgb(30, 18, 3)
+    path = tmp_path / "picture.png"
+    image.save(path)
+    for block in ({"type": "image", "path": str(path)}, {"type": "image", "url": str(path)}, image_part(True)):
+        block = dict(block)
+        if "image" in block:
+            block["image"] = image
+        out = processor.apply_chat_template(
+            [user(block, "What is it?")], add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt",
+        )
+        expected = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(out["pixel_values"], expected, rtol=0, atol=0)
+        assert out["input_ids"][0].tolist().count(processor.image_token_id) == processor.num_image_tokens
 
 
 def test_tokenised_chat_equals_the_original_ids(processor):

@@ -94,6 +94,16 @@ def test_pipeline_equals_direct_generate(checkpoint):
     for name in ("single", "two turns"):
         answer = pipe(text=conversations[name], **pipeline_kwargs())
         assert answer[0]["generated_text"] == generate_directly(model, processor, [conversations[name]])[0], name
+    # A chat ending in an assistant message is continued (prefill), as with continue_final_message=True.
+    prefill = conversations["two turns"][:2]
+    prefill[-1] = {"role": "assistant", "content": [{"type": "text", "text": "It is a"}]}
+    inputs = processor.apply_chat_template(
+        prefill, continue_final_message=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    expected = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert pipe(text=prefill, **pipeline_kwargs())[0]["generated_text"] == expected
     # The same token ids, prompt included.
     ids = pipe(text=conversations["single"], max_new_tokens=MAX_NEW_TOKENS, return_tensors=True,
                generate_kwargs={"do_sample": False})[0]["generated_token_ids"]
