@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,6 @@ from ..configuration_dsvl import (
 from .atomic_output import atomic_output_directory
 from .streaming import PlannedTensor, ShardedCheckpointWriter, open_checkpoint, parse_size
 
-logger = logging.getLogger(__name__)
 
 UPSTREAM_MODEL_TYPE = "deepseek_vl"
 UPSTREAM_HYBRID_MODEL_TYPE = "deepseek_vl_hybrid"
@@ -389,7 +387,7 @@ def plan_renames(
     canonical = canonical_upstream_name if to_upstream else (lambda n: n)
     source_canonical = (lambda n: n) if to_upstream else canonical_upstream_name
 
-    plan, unknown, wrong_shape = [], [], []
+    plan, unknown, wrong_shape, seen = [], [], [], set()
     for name, (_dtype, shape) in tensors.items():
         if config.tie_word_embeddings and name == "lm_head.weight":
             continue  # the tied copy of the input embeddings
@@ -397,25 +395,33 @@ def plan_renames(
         if expected is None:
             unknown.append(name)
             continue
-        target = rename(name)
-        if tuple(shape) != expected or target_expected.get(canonical(target)) != expected:
+        seen.add(source_canonical(name))
+        if tuple(shape) != expected:
             wrong_shape.append(f"{name} {list(shape)} (expected {list(expected)})")
             continue
-        plan.append((name, target))
-    produced = {canonical(target) for _, target in plan}
-    missing = sorted(set(target_expected) - produced)
+        plan.append((name, rename(name)))
+    missing = sorted(set(source_expected) - seen)
     problems = []
     if unknown:
-        problems.append(f"{len(unknown)} tensor(s) the {'our' if to_upstream else 'upstream'} model does not have: "
+        problems.append(f"{len(unknown)} tensor(s) {'our' if to_upstream else 'the upstream'} model does not have: "
                         f"{_preview(unknown)}")
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} tensor(s) with the wrong shape: {_preview(wrong_shape)}")
     if missing:
-        problems.append(f"{len(missing)} tensor(s) the target model needs but the source lacks: {_preview(missing)}")
+        problems.append(f"{len(missing)} tensor(s) the model needs but the checkpoint lacks: {_preview(missing)}")
     if problems:
         raise UpstreamConversionError(
             "The weights do not match the configuration: " + "; ".join(problems) + ". Fix: convert a complete "
             "checkpoint whose config.json belongs to its weights."
+        )
+    # The rename tables must cover the target model exactly; anything else is a bug here, not in the checkpoint.
+    produced = {canonical(target): expected for target, expected in
+                ((target, source_expected[source_canonical(name)]) for name, target in plan)}
+    if produced != target_expected:
+        raise RuntimeError(
+            "The name mapping does not produce the target model's weights exactly (bug in transformers_dsvl's "
+            f"upstream tables): missing {_preview(sorted(set(target_expected) - set(produced)))}; extra "
+            f"{_preview(sorted(set(produced) - set(target_expected)))}."
         )
     return plan
 
@@ -562,8 +568,27 @@ def write_our_processor(directory: Path, config: DeepSeekVLConfig, upstream_imag
             f"image_token_id is {config.image_token_id}. Fix: convert the checkpoint with its own tokenizer."
         )
     processor.save_pretrained(str(directory))
-    return ["Our processor uses the original `deepseek` chat template (a full conversation ends with the EOS "
-            "string, which the upstream template leaves out)."]
+    return []
+
+
+def _chat_template_note(source_dir: Path | None) -> list[str]:
+    """Our processor always gets the original `deepseek` template; say so when the upstream one was different."""
+    from ..processing_dsvl import CHAT_TEMPLATE
+
+    if source_dir is None:
+        return []
+    template = None
+    if (source_dir / "chat_template.jinja").is_file():
+        template = (source_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    else:
+        for file_name in ("processor_config.json", "chat_template.json", "tokenizer_config.json"):
+            path = source_dir / file_name
+            if path.is_file():
+                template = json.loads(path.read_text(encoding="utf-8")).get("chat_template") or template
+    if template is None or template == CHAT_TEMPLATE:
+        return []
+    return ["The checkpoint's chat template was replaced by the original `deepseek` template (the upstream port's "
+            "template leaves out the end-of-sentence string after a final assistant answer)."]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -610,6 +635,18 @@ def _weights_dtype(source) -> torch.dtype | None:
 def _set_dtype(config, dtype: torch.dtype | None) -> None:
     if dtype is not None:
         config.dtype = dtype  # transformers 4.57 and 5.x both write it as "dtype"
+
+
+def write_upstream_config(upstream_config, directory: Path) -> None:
+    """config.json with `tie_word_embeddings` spelled out at the top level and in the text config: transformers 4.x
+    leaves values equal to a default out of the file, and the defaults differ between versions (5.x ties)."""
+    upstream_config.save_pretrained(str(directory))
+    path = directory / "config.json"
+    written = json.loads(path.read_text(encoding="utf-8"))
+    tie = bool(upstream_config.tie_word_embeddings)
+    written["tie_word_embeddings"] = tie
+    written["text_config"]["tie_word_embeddings"] = tie
+    path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _copy_generation_config(source_dir: Path | None, config: DeepSeekVLConfig, directory: Path) -> None:
@@ -671,7 +708,7 @@ def to_upstream(
             chat_template = CHAT_TEMPLATE
         with atomic_output_directory(out_dir, overwrite=overwrite) as staging:
             _write_weights(staging, source, plan, max_shard_size)
-            upstream_config.save_pretrained(str(staging))
+            write_upstream_config(upstream_config, staging)
             _copy_generation_config(source_dir, config, staging)
             notes = write_upstream_processor(staging, config, image_processor, tokenizer, chat_template)
     finally:
@@ -737,6 +774,8 @@ def from_upstream(
             write_config_and_remote_code(config, staging)
             _copy_generation_config(source_dir, config, staging)
             notes += write_our_processor(staging, config, upstream_image_processor, tokenizer)
+            if tokenizer is not None:
+                notes += _chat_template_note(source_dir)
     finally:
         source.close()
     return UpstreamConversionResult(Path(out_dir), len(plan), config.model_type, notes)
