@@ -197,7 +197,6 @@ class DeepSeekVLProcessor(ProcessorMixin):
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # Load our own image processor class directly instead of going through the Auto registry, so loading works
         # in transformers 4.x and 5.x whether or not the classes are registered (e.g. with trust_remote_code).
-        kwargs.pop("processor_dict", None)
         image_processor = DeepSeekVLImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         try:
             tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
