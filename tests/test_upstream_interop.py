@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +48,7 @@ from transformers_dsvl.conversion.upstream import (
 from transformers_dsvl.conversion.upstream_cli import run_from_upstream, run_to_upstream
 
 if not hasattr(transformers, "DeepseekVLHybridForConditionalGeneration"):
-    pytest.skip(f"transformers {transformers.__version__} has no upstream DeepSeek-VL port (added in 4.56)",
+    pytest.skip(f"transformers {transformers.__version__} has no upstream DeepSeek-VL port (deepseek_vl_hybrid)",
                 allow_module_level=True)
 
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
@@ -248,6 +253,76 @@ def test_command_lines_convert_both_ways(hybrid, tmp_path, capsys):
     assert all(torch.equal(before[n], after[n]) for n in before) and before.keys() == after.keys()
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_to_upstream(["--input_dir", str(hybrid.source_dir), "--output_dir", str(tmp_path / "up")])
+
+
+def other_transformers_python() -> str | None:
+    """A sibling virtualenv's Python with the other transformers major version (4 <-> 5): $DSVL_OTHER_PYTHON, the
+    venvs next to this one (CI's .ci-cache/venv-*), or /opt/venv*. (Same search as tests/test_processing.py.)"""
+    major = transformers.__version__.split(".")[0]
+    here = Path(sys.prefix).resolve()
+    candidates = [Path(os.environ["DSVL_OTHER_PYTHON"]).parent.parent] if os.environ.get("DSVL_OTHER_PYTHON") else []
+    candidates += sorted(here.parent.glob("venv*")) + sorted(Path("/opt").glob("venv*"))
+    for prefix in candidates:
+        if prefix.resolve() == here or not (prefix / "bin" / "python").exists():
+            continue
+        for info in prefix.glob("lib/python*/site-packages/transformers-*.dist-info"):
+            if info.name[len("transformers-"):].split(".")[0] != major:
+                return str(prefix / "bin" / "python")
+    return None
+
+
+OTHER_PYTHON = other_transformers_python()
+
+
+@pytest.mark.skipif(OTHER_PYTHON is None, reason="no virtualenv with the other transformers major version was found")
+def test_converted_checkpoints_cross_transformers_versions(hybrid, tmp_path):
+    """Converted under this transformers, used under the other major version, and the other way round: the upstream
+    model and processor load there and give our logits; a checkpoint converted there loads here, gives our logits and
+    converts back to our exact weights."""
+    input_ids, attention_mask, images = batch(hybrid.config)
+    ours_pixels, upstream_pixels = pixel_inputs(hybrid.config, images)
+    torch.save({"input_ids": input_ids, "attention_mask": attention_mask, **upstream_pixels}, tmp_path / "inputs.pt")
+    image_path = tmp_path / "image.png"
+    noise_rgb(128, 128, seed=5).save(image_path)
+    script = textwrap.dedent(
+        f"""
+        import PIL.Image, torch, transformers
+        from transformers_dsvl.conversion.upstream import to_upstream
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        model = transformers.AutoModelForImageTextToText.from_pretrained({str(hybrid.upstream_dir)!r}).eval()
+        processor = transformers.AutoProcessor.from_pretrained({str(hybrid.upstream_dir)!r})
+        processed = processor(text="<image_placeholder>Describe.", images=[PIL.Image.open({str(image_path)!r})],
+                              return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        torch.save({{"logits": logits, **{{k: processed[k] for k in ("input_ids", "pixel_values",
+                    "high_res_pixel_values")}}}}, {str(tmp_path / "outputs.pt")!r})
+        to_upstream({str(hybrid.source_dir)!r}, {str(tmp_path / "converted_there")!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([OTHER_PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    there = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        ours = hybrid.ours(input_ids=input_ids, attention_mask=attention_mask, **ours_pixels).logits
+    real = attention_mask.bool()
+    assert (there["logits"] - ours)[real].abs().max() <= TOLERANCE
+    here = transformers.AutoProcessor.from_pretrained(hybrid.upstream_dir)(
+        text="<image_placeholder>Describe.", images=[noise_rgb(128, 128, seed=5)], return_tensors="pt")
+    assert torch.equal(there["input_ids"], here["input_ids"])
+    for key in ("pixel_values", "high_res_pixel_values"):
+        assert (there[key] - here[key]).abs().max() < 1e-6, key
+
+    converted_there = tmp_path / "converted_there"
+    upstream = hybrid.upstream_class.from_pretrained(converted_there).eval()
+    with torch.no_grad():
+        theirs = upstream(input_ids=input_ids, attention_mask=attention_mask, **upstream_pixels).logits
+    assert (theirs - ours)[real].abs().max() <= TOLERANCE
+    from_upstream(converted_there, tmp_path / "back_here")
+    back = load_file(tmp_path / "back_here" / "model.safetensors")
+    expected = hybrid.ours.state_dict()
+    assert back.keys() == expected.keys() and all(torch.equal(back[n], expected[n]) for n in expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,11 +15,12 @@ What the two formats put in different places (reference section 5), and what the
   tensor (bilinear with antialias, in float32), as the original does. The upstream port makes it in *preprocessing*:
   its image processor resizes the padded 1024 px 8-bit image to 384 px (PIL BILINEAR, the setting transformers'
   own converter chose) before rescaling, and the model takes it as `pixel_values` next to `high_res_pixel_values`.
-  The two views differ by up to a few 8-bit steps per pixel; `tests/test_upstream_interop.py` measures it.
+  The two views differ by less than one 8-bit step per pixel (measured in `tests/test_upstream_interop.py`).
 - **Output-layer tying.** Our checkpoints keep `lm_head` separate (the release does). The upstream config defaults to
-  `tie_word_embeddings=True` in transformers 5.x, which would silently replace `lm_head` with the input embeddings;
-  `to_upstream` writes `tie_word_embeddings` explicitly (top level and text config). `from_upstream` follows the
-  weights: a stored `lm_head.weight` gives an untied model with that matrix, a missing one a tied model.
+  `tie_word_embeddings=True` in transformers 5.x: a model built from such a config shares `lm_head` with the input
+  embeddings (5.23 still keeps a stored, different `lm_head` when loading, with a warning), while 4.57 follows the
+  text config. `to_upstream` writes `tie_word_embeddings` explicitly (top level and text config). `from_upstream`
+  follows the weights: a stored `lm_head.weight` gives an untied model with that matrix, a missing one a tied model.
 - **Names.** SigLIP is transformers' `SiglipVisionModel` on both sides (q/k/v already split); upstream files carry it
   as `model.vision_model.vision_model.*` (what transformers 4.x saves and 5.x loads), ours as `model.vision_model.*`.
   Our SAM tower (`model.high_res_vision_model.{patch_embed, pos_embed, layers, neck, global_neck, downsamples,
@@ -32,14 +33,22 @@ What the two formats put in different places (reference section 5), and what the
   LayerNorms with eps 1e-6, and always runs the global branch. Configurations outside that raise
   `UpstreamConversionError` naming the field.
 - **Numerics that stay different** (not a matter of weights): upstream takes SAM's attention softmax in float32
-  (ours: working dtype, as the original), resizes SAM features in the working dtype (ours: float32) and normalises in
-  float32 in the processor (ours: model dtype). In float32 all of this agrees to float rounding.
+  (ours: working dtype, as the original), resizes SAM features in the working dtype (ours: float32), computes the
+  SAM necks' LayerNorm2d with `nn.LayerNorm` (ours: written out in the working dtype, as the original) and
+  normalises in float32 in the processor (ours: model dtype). In float32 all of this agrees to float rounding; in
+  bfloat16 only the LayerNorm2d and op-order rounding show (PyTorch's reduced-precision softmax and resize compute in
+  float32 internally); `tests/test_upstream_interop.py` measures it.
+- **Portability.** The written processor files use the layout both transformers 4.57 and 5.x load (image processor
+  in `preprocessor_config.json`, `PreTrainedTokenizerFast`, `image_token` as a named special token). Note that
+  transformers 4.57's `DeepseekVLHybridImageProcessor` pads non-square images with the low-resolution background
+  (int(0.5 * 255) = 127) instead of int(CLIP mean * 255); 5.x pads as the original.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +85,8 @@ UPSTREAM_ALIGNER_DEPTH = 2
 PIL_BILINEAR, PIL_BICUBIC = 2, 3
 DEFAULT_MIN_SIZE = 14
 DEFAULT_RESCALE_FACTOR = 1 / 255
+# Tokenizer class every transformers version can load from a tokenizer.json (5.x writes its own `TokenizersBackend`).
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 # Weight names: (ours, upstream). A name is renamed by the first entry whose key equals it (entries without a
 # trailing dot) or starts it (entries with one), so specific entries come before the general ones.
@@ -136,8 +147,8 @@ def upstream_class(model_type: str, kind: str):
         if cls is not None:
             return cls
     raise UpstreamConversionError(
-        f"transformers {transformers.__version__} has no {name}: the upstream DeepSeek-VL port arrived in "
-        "transformers 4.56. Fix: install a transformers version that has `deepseek_vl` and `deepseek_vl_hybrid`."
+        f"transformers {transformers.__version__} has no {name}, so it cannot run the upstream DeepSeek-VL port. Fix: "
+        "install a transformers version that has `deepseek_vl` and `deepseek_vl_hybrid` (4.57 and 5.x both do)."
     )
 
 
@@ -540,10 +551,37 @@ def write_upstream_processor(directory: Path, config: DeepSeekVLConfig, image_pr
         num_image_tokens=config.num_image_tokens,
     )
     processor.save_pretrained(str(directory))
-    import shutil
-
     shutil.rmtree(tokenizer_dir)
+    make_processor_files_portable(directory)
     return notes
+
+
+def make_processor_files_portable(directory: Path) -> None:
+    """Rewrite the processor files in the layout both transformers 4.57 and 5.x load (the layout of the Hub
+    checkpoints): the image processor in its own preprocessor_config.json (5.x nests it in processor_config.json,
+    which 4.x cannot read), a tokenizer class both know, the image token as a named extra special token, and no
+    `auto_map` pointing at this package's remote code (the upstream classes are built into transformers)."""
+    processor_path = directory / "processor_config.json"
+    if processor_path.is_file():
+        processor_config = json.loads(processor_path.read_text(encoding="utf-8"))
+        image_processor = processor_config.pop("image_processor", None)
+        if image_processor is not None:
+            (directory / "preprocessor_config.json").write_text(
+                json.dumps(image_processor, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            processor_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer_path = directory / "tokenizer_config.json"
+    if tokenizer_path.is_file():
+        from ..tokenization_dsvl import IMAGE_TOKEN
+
+        tokenizer_config = json.loads(tokenizer_path.read_text(encoding="utf-8"))
+        tokenizer_config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        tokenizer_config.pop("auto_map", None)
+        named = tokenizer_config.get("extra_special_tokens")
+        named = dict(named) if isinstance(named, dict) else {}
+        named["image_token"] = IMAGE_TOKEN
+        tokenizer_config["extra_special_tokens"] = named
+        tokenizer_config.pop("model_specific_special_tokens", None)
+        tokenizer_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_our_processor(directory: Path, config: DeepSeekVLConfig, upstream_image_processor=None, tokenizer=None):
