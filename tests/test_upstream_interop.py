@@ -245,7 +245,12 @@ def test_from_upstream_reads_what_transformers_saves_and_live_models(converted, 
 
 
 def test_command_lines_convert_both_ways(hybrid, tmp_path, capsys):
-    assert run_to_upstream(["--input_dir", str(hybrid.source_dir), "--output_dir", str(tmp_path / "up")]) == 0
+    # Small shards: the sharded layout (index + several files) loads upstream and converts back.
+    assert run_to_upstream(["--input_dir", str(hybrid.source_dir), "--output_dir", str(tmp_path / "up"),
+                            "--max_shard_size", "100kB"]) == 0
+    index = json.loads((tmp_path / "up" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert not any(hybrid.upstream_class.from_pretrained(tmp_path / "up", output_loading_info=True)[1].values())
     assert run_from_upstream(["--input_dir", str(tmp_path / "up"), "--output_dir", str(tmp_path / "back")]) == 0
     assert "deepseek_vl_hybrid" in capsys.readouterr().out
     before = load_file(hybrid.source_dir / "model.safetensors")
