@@ -9,7 +9,8 @@ file's 529 / 775 names and shapes exactly). The checkpoint directory also gets t
 `preprocessor_config.json`, `processor_config.json` and a small byte-level BPE tokenizer saved the way the original
 repositories store theirs (LlamaTokenizerFast, BOS/EOS, `<image_placeholder>`, no pad token).
 
-Usage: `write_original_checkpoint(directory, variant="1.3b" | "7b", size="tiny" | "published", dtype=..., num_shards=...)`.
+Usage: `write_original_checkpoint(directory, variant="1.3b" | "7b", size="tiny" | "published", dtype=...,
+num_shards=...)`.
 """
 
 from __future__ import annotations
@@ -420,7 +421,9 @@ def write_original_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sizes = size if isinstance(size, OriginalSizes) else {"tiny": TINY_SIZES, "published": PUBLISHED_SIZES}[size][variant]
+    if not isinstance(size, OriginalSizes):
+        size = {"tiny": TINY_SIZES, "published": PUBLISHED_SIZES}[size][variant]
+    sizes = size
     token_ids = {}
     if with_processor_files:
         token_ids = write_original_tokenizer(directory, vocab_size=sizes.tokenizer_vocab)

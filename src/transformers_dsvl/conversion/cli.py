@@ -50,6 +50,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--verify", action="store_true",
                         help="reload the result, compare every parameter with its source, run one forward pass on a "
                         "generated image and prompt (needs memory for the whole model)")
+    parser.add_argument("--verify_device", "--verify-device", default=None,
+                        help="device of the --verify forward pass (default: cuda when available, else cpu)")
     parser.add_argument("--push_to_hub", "--push-to-hub", metavar="REPO_ID", default=None,
                         help="upload the result to this Hugging Face Hub repository (needs network and a token)")
     parser.add_argument("--private", action="store_true", help="create the --push_to_hub repository as private")
@@ -75,7 +77,8 @@ def main_convert(args: argparse.Namespace) -> int:
             result = convert_original_to_dsvl(
                 args.input_dir, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
                 safe_serialization=args.safe_serialization, allow_pickle=args.allow_pickle, overwrite=args.overwrite,
-                verify=args.verify, push_to_hub=args.push_to_hub, private=args.private,
+                verify=args.verify, verify_device=args.verify_device, push_to_hub=args.push_to_hub,
+                private=args.private,
                 source_repo_id=args.source_repo_id, command=command_line(), progress=not args.quiet, log=log,
             )
     except USER_ERRORS as error:

@@ -107,7 +107,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _read_config(input_dir: Path) -> dict:
     path = input_dir / "config.json"
     if not input_dir.is_dir():
-        raise FileNotFoundError(f"--input_dir {input_dir} is not a directory. Fix: point it at the downloaded checkpoint.")
+        raise FileNotFoundError(
+            f"--input_dir {input_dir} is not a directory. Fix: point it at the downloaded checkpoint."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{input_dir} has no config.json. Fix: download the whole checkpoint repository.")
     try:
@@ -117,7 +119,9 @@ def _read_config(input_dir: Path) -> dict:
 
 
 def _floating_only(checkpoint, names) -> None:
-    integral = [f"{n}: {checkpoint.tensors[n].dtype}" for n in names if not checkpoint.tensors[n].dtype.is_floating_point]
+    integral = [
+        f"{n}: {checkpoint.tensors[n].dtype}" for n in names if not checkpoint.tensors[n].dtype.is_floating_point
+    ]
     if integral:
         raise CheckpointMismatchError(
             "These tensors should hold floating-point weights but do not: " + ", ".join(integral)
@@ -189,6 +193,7 @@ def convert_original_to_dsvl(
     allow_pickle: bool = False,
     overwrite: bool = False,
     verify: bool = False,
+    verify_device: str | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
     source_repo_id: str | None = None,
@@ -207,7 +212,8 @@ def convert_original_to_dsvl(
         safe_serialization: write safetensors (default) or, if False, pickle `.bin` shards.
         allow_pickle: read `.bin` weights (with `torch.load(weights_only=True)`); refused otherwise.
         overwrite: replace a non-empty `output_dir` (only once the new checkpoint is complete).
-        verify: reload the result, compare every parameter with its source, and run a forward pass.
+        verify: reload the result, compare every parameter with its source, and run a forward pass (on
+            `verify_device`: CUDA when available, else CPU).
         push_to_hub: a Hub repository id to upload the result to.
         source_repo_id: Hub id of the source, for the model card (guessed from a published directory name).
     """
@@ -297,7 +303,8 @@ def convert_original_to_dsvl(
             verification = None
             if verify:
                 log("Verifying: reloading the converted checkpoint and running it once")
-                verification = verify_converted_checkpoint(staging, expected_tensors=converted_tensors)
+                verification = verify_converted_checkpoint(staging, expected_tensors=converted_tensors,
+                                                           device=verify_device)
             files_written = sorted(p.name for p in staging.iterdir())
 
     result = ConversionResult(

@@ -6,7 +6,9 @@ import datetime
 import platform
 from dataclasses import dataclass, field
 
-PUBLISHED_REPOSITORIES = ("deepseek-vl-1.3b-base", "deepseek-vl-1.3b-chat", "deepseek-vl-7b-base", "deepseek-vl-7b-chat")
+PUBLISHED_REPOSITORIES = (
+    "deepseek-vl-1.3b-base", "deepseek-vl-1.3b-chat", "deepseek-vl-7b-base", "deepseek-vl-7b-chat",
+)
 
 
 @dataclass
@@ -65,7 +67,8 @@ def render_model_card(record: ConversionRecord) -> str:
         'path = "<this directory or repository>"',
         "model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16)",
         "processor = AutoProcessor.from_pretrained(path)",
-        'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]',
+        'content = [{"type": "image"}, {"type": "text", "text": "Describe the image."}]',
+        'messages = [{"role": "user", "content": content}]',
         "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
         'inputs = processor(text=prompt, images=[Image.open("image.png")], return_tensors="pt").to(torch.bfloat16)',
         "output = model.generate(**inputs, max_new_tokens=512)",
@@ -109,8 +112,8 @@ def render_model_card(record: ConversionRecord) -> str:
     ]
     if record.dropped:
         lines += [
-            f"Dropped ({len(record.dropped)} tensors, {record.dropped_parameters:,} parameters): stored in the original "
-            "checkpoint but never used by its forward pass (SigLIP's attention-pool head, built with "
+            f"Dropped ({len(record.dropped)} tensors, {record.dropped_parameters:,} parameters): stored in the "
+            "original checkpoint but never used by its forward pass (SigLIP's attention-pool head, built with "
             "`global_pool='map'` and skipped with `ignore_head=True`; in the 7B layout also `high_layer_norm` / "
             "`low_layer_norm`, created by `HybridVisionTower` and never applied):",
             "",

@@ -15,14 +15,13 @@ strict.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LlamaConfig, SiglipVisionConfig
 
-from ..configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig, DeepSeekVLSamVisionConfig
+from ..configuration_dsvl import DeepSeekVLConfig, DeepSeekVLSamVisionConfig
 
 ORIGINAL_MODEL_TYPE = "multi_modality"
 SINGLE_TOWER_CLASS = "CLIPVisionTower"
@@ -394,12 +393,14 @@ def config_to_original(config: DeepSeekVLConfig, torch_dtype: str, transformers_
             },
         }
     else:
-        vision_config = {"cls": SINGLE_TOWER_CLASS, "model_type": "vision", "params": dict(sorted(siglip_params.items()))}
+        vision_config = {"cls": SINGLE_TOWER_CLASS, "model_type": "vision",
+                         "params": dict(sorted(siglip_params.items()))}
     aligner_params = {"depth": config.aligner_depth, "projector_type": config.aligner_type}
     if config.aligner_type != "identity":
         aligner_params.update(input_dim=config.vision_config.hidden_size, n_embed=config.text_config.hidden_size)
     return {
-        "aligner_config": {"cls": ALIGNER_CLASS, "model_type": "aligner", "params": dict(sorted(aligner_params.items()))},
+        "aligner_config": {"cls": ALIGNER_CLASS, "model_type": "aligner",
+                           "params": dict(sorted(aligner_params.items()))},
         "architectures": ["MultiModalityCausalLM"],
         "language_config": _text_config_to_original(config, torch_dtype),
         "model_type": ORIGINAL_MODEL_TYPE,
@@ -683,7 +684,8 @@ def unused_original_tensor_names(config: DeepSeekVLConfig, siglip_prefix: str | 
                  "norm.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
     names = [f"{siglip_prefix}attn_pool.{suffix}" for suffix in attn_pool]
     if config.is_hybrid:
-        names += [f"vision_model.{norm}.{p}" for norm in ("high_layer_norm", "low_layer_norm") for p in ("weight", "bias")]
+        names += [f"vision_model.{norm}.{part}" for norm in ("high_layer_norm", "low_layer_norm")
+                  for part in ("weight", "bias")]
     return names
 
 

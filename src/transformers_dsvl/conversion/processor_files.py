@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from ..configuration_dsvl import CLIP_MEAN, CLIP_STD, DeepSeekVLConfig
 from ..image_processing_dsvl import DeepSeekVLImageProcessor
@@ -61,14 +62,27 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ProcessorFilesError(f"{path} ({what}) is not valid JSON: {error}. Fix: restore the original file.") from None
+        raise ProcessorFilesError(
+            f"{path} ({what}) is not valid JSON: {error}. Fix: restore the original file."
+        ) from None
+
+
+def _load_original_tokenizer(input_dir: Path) -> PreTrainedTokenizerBase:
+    # AutoTokenizer also reads config.json, whose model_type `multi_modality` transformers does not know; its
+    # warning about "instantiating a model of type ''" is noise here, so transformers' logging is quieted meanwhile.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(input_dir))
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def load_original_processor_files(input_dir: str | Path) -> OriginalProcessorFiles:
     input_dir = Path(input_dir)
     notes: list[str] = []
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(input_dir))
+        tokenizer = _load_original_tokenizer(input_dir)
     except (OSError, ValueError, TypeError) as error:
         raise ProcessorFilesError(
             f"Cannot load the tokenizer of {input_dir}: {error}. Fix: download the checkpoint's tokenizer.json, "
@@ -171,7 +185,9 @@ def build_processor(files: OriginalProcessorFiles, config: DeepSeekVLConfig) -> 
     try:
         image_processor = DeepSeekVLImageProcessor(**image_processor_settings)
     except (TypeError, ValueError) as error:
-        raise ProcessorFilesError(f"{PREPROCESSOR_CONFIG_FILE} holds settings the image processor rejects: {error}") from None
+        raise ProcessorFilesError(
+            f"{PREPROCESSOR_CONFIG_FILE} holds settings the image processor rejects: {error}"
+        ) from None
 
     processor_settings = {**ORIGINAL_PROCESSOR_DEFAULTS, **files.processor}
     expected_tokens = processor_settings.get("num_image_tokens", config.num_image_tokens)
@@ -208,7 +224,9 @@ def set_tokenizer_class(directory: str | Path, class_name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # ours -> original
 # ---------------------------------------------------------------------------------------------------------------------
-def write_original_processor_files(input_dir: str | Path, output_dir: str | Path, config: DeepSeekVLConfig) -> list[str]:
+def write_original_processor_files(
+    input_dir: str | Path, output_dir: str | Path, config: DeepSeekVLConfig
+) -> list[str]:
     """Tokenizer, preprocessor_config.json and processor_config.json as the original VLChatProcessor reads them.
     Returns notes (what could not be carried over)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)

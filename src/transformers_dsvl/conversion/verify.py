@@ -46,12 +46,16 @@ def generated_test_image(width: int = 300, height: int = 200) -> PIL.Image.Image
 def verify_converted_checkpoint(
     directory: str | Path,
     expected_tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
+    device: str | torch.device | None = None,
 ) -> VerificationReport:
     """Reload `directory` with this package's classes, compare its parameters with `expected_tensors()` (name,
-    tensor pairs in the stored dtype) bit for bit, and run one forward pass on a generated image and prompt.
+    tensor pairs in the stored dtype) bit for bit, and run one forward pass on a generated image and prompt on
+    `device` (default: CUDA when available, else CPU, where 16-bit matmuls are slow: minutes for the real sizes).
 
     Needs memory for the whole model in its stored dtype.
     """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     from ..modeling_dsvl import DeepSeekVLForConditionalGeneration
     from ..processing_dsvl import DeepSeekVLProcessor
     from .original_format import canonical_name
@@ -82,9 +86,9 @@ def verify_converted_checkpoint(
     inputs = processor(text=prompt, images=[generated_test_image()], return_tensors="pt")
     # As the original's inference does (`prepare_inputs.to(device, dtype)`), pixels enter in the weights' dtype.
     model_dtype = next(model.parameters()).dtype
-    inputs = {k: v.to(model_dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    inputs = {k: (v.to(model_dtype) if v.is_floating_point() else v).to(device) for k, v in inputs.items()}
     with torch.no_grad():
-        outputs = model(**inputs)
+        outputs = model.to(device)(**inputs)
     logits = outputs.logits
     report = VerificationReport(
         num_parameters=sum(p.numel() for p in model.parameters()),
