@@ -22,9 +22,8 @@ def register_auto_classes() -> None:
     AutoModel.register(DeepSeekVLConfig, DeepSeekVLModel, exist_ok=True)
     AutoModelForImageTextToText.register(DeepSeekVLConfig, DeepSeekVLForConditionalGeneration, exist_ok=True)
     AutoModelForSequenceClassification.register(DeepSeekVLConfig, DeepSeekVLForSequenceClassification, exist_ok=True)
-    # The image processor is a slow (PIL/NumPy) one: the original resizes with PIL bicubic, which no torch kernel
-    # reproduces; the keyword changed name between transformers 4 and 5, the first positional slot did not.
-    AutoImageProcessor.register(DeepSeekVLConfig, DeepSeekVLImageProcessor, exist_ok=True)
+    # A slow (PIL/NumPy) image processor: the original resizes with PIL bicubic, which no torch kernel reproduces.
+    AutoImageProcessor.register(DeepSeekVLConfig, slow_image_processor_class=DeepSeekVLImageProcessor, exist_ok=True)
     AutoProcessor.register(DeepSeekVLConfig, DeepSeekVLProcessor, exist_ok=True)
     vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)  # removed in transformers 5
     if vision2seq is not None:
