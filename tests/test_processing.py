@@ -7,12 +7,11 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cross_version import OTHER_PYTHON
 import torch
 import transformers
 from processor_helpers import (
@@ -312,25 +311,6 @@ def _tiny_config_dict(preset: str) -> dict:
     return DeepSeekVLConfig.from_preset(preset).to_dict()
 
 
-def other_transformers_python() -> str | None:
-    """A Python of a sibling virtualenv with the other transformers major version (4 <-> 5), if there is one:
-    $DSVL_OTHER_PYTHON, the venvs next to this one (.ci-cache/venv-*), or /opt/venv*."""
-    major = transformers.__version__.split(".")[0]
-    here = Path(sys.prefix).resolve()
-    candidates = [Path(os.environ["DSVL_OTHER_PYTHON"]).parent.parent] if os.environ.get("DSVL_OTHER_PYTHON") else []
-    candidates += sorted(here.parent.glob("venv*")) + sorted(Path("/opt").glob("venv*"))
-    for prefix in candidates:
-        python = prefix / "bin" / "python"
-        if prefix.resolve() == here or not python.exists():
-            continue
-        for info in prefix.glob("lib/python*/site-packages/transformers-*.dist-info"):
-            version = info.name[len("transformers-") : -len(".dist-info")]
-            if version.split(".")[0] != major and (prefix / "bin" / "python").exists():
-                return str(python)
-    return None
-
-
-OTHER_PYTHON = other_transformers_python()
 
 
 @pytest.mark.skipif(OTHER_PYTHON is None, reason="no virtualenv with the other transformers major version was found")

@@ -18,12 +18,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cross_version import OTHER_PYTHON
 import torch
 import torch.nn.functional as F
 import transformers
@@ -260,23 +259,6 @@ def test_command_lines_convert_both_ways(hybrid, tmp_path, capsys):
         run_to_upstream(["--input_dir", str(hybrid.source_dir), "--output_dir", str(tmp_path / "up")])
 
 
-def other_transformers_python() -> str | None:
-    """A sibling virtualenv's Python with the other transformers major version (4 <-> 5): $DSVL_OTHER_PYTHON, the
-    venvs next to this one (CI's .ci-cache/venv-*), or /opt/venv*. (Same search as tests/test_processing.py.)"""
-    major = transformers.__version__.split(".")[0]
-    here = Path(sys.prefix).resolve()
-    candidates = [Path(os.environ["DSVL_OTHER_PYTHON"]).parent.parent] if os.environ.get("DSVL_OTHER_PYTHON") else []
-    candidates += sorted(here.parent.glob("venv*")) + sorted(Path("/opt").glob("venv*"))
-    for prefix in candidates:
-        if prefix.resolve() == here or not (prefix / "bin" / "python").exists():
-            continue
-        for info in prefix.glob("lib/python*/site-packages/transformers-*.dist-info"):
-            if info.name[len("transformers-"):].split(".")[0] != major:
-                return str(prefix / "bin" / "python")
-    return None
-
-
-OTHER_PYTHON = other_transformers_python()
 
 
 @pytest.mark.skipif(OTHER_PYTHON is None, reason="no virtualenv with the other transformers major version was found")
