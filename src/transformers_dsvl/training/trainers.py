@@ -4,11 +4,12 @@
 The pretraining trainer reads a `ModalityMixtureDataset` through `ModalityGroupedBatchSampler` (or a
 `ModalityGroupedIterableDataset` for streaming data), so every optimizer step holds one modality on every rank; it
 logs, with each training log, the scheduled language share and, over the logging window, the number of language and
-multimodal steps and the loss of each (`loss_language`, `loss_multimodal`, measured on the main process).
+multimodal steps and the loss of each (`loss_language`, `loss_multimodal`, averaged over ranks like `loss`).
 """
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from trl import SFTTrainer
@@ -59,8 +60,10 @@ class DeepSeekVLPretrainingTrainer(StepLRSchedulerMixin, Trainer):
                 f"The modality plan covers {modality_plan.num_steps} steps but max_steps is {self.args.max_steps}. "
                 "Fix: build the plan with num_steps=args.max_steps."
             )
-        # (optimizer step, modality) of every micro-batch this process trained on, in order.
+        # (optimizer step, modality) and loss of every micro-batch this process trained on, in order (the loss as the
+        # trainer accumulates it: a step's loss is the sum over its micro-batches).
         self.modality_history: list[tuple[int, str]] = []
+        self.micro_batch_losses: list[float] = []
         self._window_loss = {modality: 0.0 for modality in MODALITIES}
         self._window_micro_batches = {modality: 0 for modality in MODALITIES}
 
@@ -106,7 +109,8 @@ class DeepSeekVLPretrainingTrainer(StepLRSchedulerMixin, Trainer):
                     "gradient accumulation or world size changed after building it?)."
                 )
             self.modality_history.append((step, modality))
-            self._window_loss[modality] += float(loss.detach())
+            self.micro_batch_losses.append(float(loss.detach()))
+            self._window_loss[modality] += self.micro_batch_losses[-1]
             self._window_micro_batches[modality] += 1
         return loss
 
@@ -115,13 +119,17 @@ class DeepSeekVLPretrainingTrainer(StepLRSchedulerMixin, Trainer):
             accumulation = self.args.gradient_accumulation_steps
             step = max(self.state.global_step - 1, 0)
             logs["scheduled_language_ratio"] = round(self.modality_plan.warmup.language_ratio(step), 6)
-            for modality in MODALITIES:
+            window_loss = torch.tensor([self._window_loss[m] for m in MODALITIES], device=self.args.device)
+            if self.args.world_size > 1:
+                # Every rank trained the same steps (one modality per step everywhere): average like `loss` is.
+                window_loss = self.accelerator.reduce(window_loss, reduction="mean")
+            for modality, modality_loss in zip(MODALITIES, window_loss.tolist()):
                 micro_batches = self._window_micro_batches[modality]
                 steps = micro_batches / accumulation
                 logs[f"{modality}_steps"] = steps
                 if micro_batches:
                     # Each step's loss is the sum of its micro-batch losses, as in the trainer's own `loss`.
-                    logs[f"loss_{modality}"] = round(self._window_loss[modality] / steps, 6)
+                    logs[f"loss_{modality}"] = round(modality_loss / steps, 6)
                 self._window_loss[modality] = 0.0
                 self._window_micro_batches[modality] = 0
             total = logs[f"{LANGUAGE}_steps"] + logs["multimodal_steps"]
