@@ -288,7 +288,7 @@ def convert_original_to_dsvl(
                 source_files=[(path.name, path.stat().st_size) for path in checkpoint.files],
                 source_dtype=dtype_name(source_dtype),
                 output_dtype=dtype_name(output_dtype),
-                variant="hybrid SAM-B + SigLIP-L (7B layout)" if config.is_hybrid else "SigLIP-L only (1.3B layout)",
+                variant="hybrid SAM-B + SigLIP-L, 7B layout" if config.is_hybrid else "SigLIP-L only, 1.3B layout",
                 num_parameters=sum(math.prod(t.shape) for t in planned),
                 num_tensors_read=len(checkpoint.tensors),
                 num_tensors_written=len(planned),

@@ -150,7 +150,9 @@ def config_from_original(
                 raise OriginalConfigError(f"vision_config.params has no {name!r} object. Fix: restore config.json.")
         _note_ignored(notes, "vision_config.params", params,
                       ("high_res_cfg", "low_res_cfg", "concat_type", "freeze_high", "freeze_low"))
-        siglip_config, low_mean, low_std = _siglip_from_original(params["low_res_cfg"], "low_res_cfg", notes)
+        siglip_config, low_mean, low_std = _siglip_from_original(
+            params["low_res_cfg"], "vision_config.params.low_res_cfg", notes
+        )
         sam_config, high_mean, high_std = _sam_from_original(params["high_res_cfg"], siglip_config, notes)
         siglip_prefix = HYBRID_SIGLIP_PREFIX
     elif SINGLE_TOWER_CLASS in vision_class:
