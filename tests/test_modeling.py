@@ -378,3 +378,21 @@ def test_config_round_trip_and_untied_default(tmp_path):
         loaded = DeepSeekVLConfig.from_pretrained(tmp_path / variant)
         assert loaded.to_dict() == config.to_dict()
         assert loaded.is_hybrid == (variant == "tiny-hybrid")
+
+
+def test_rope_base_survives_both_transformers_lines(tmp_path):
+    config = tiny_config("tiny", text_config=dict(rope_theta=50000.0))
+    config.save_pretrained(tmp_path)
+    text = __import__("json").loads((tmp_path / "config.json").read_text())["text_config"]
+    assert text["rope_theta"] == 50000.0  # what transformers 4.x reads
+    loaded = DeepSeekVLConfig.from_pretrained(tmp_path).text_config
+    theta = getattr(loaded, "rope_parameters", None) or {}
+    assert theta.get("rope_theta", getattr(loaded, "rope_theta", None)) == 50000.0
+
+
+def test_half_precision_model_accepts_float32_pixels():
+    model = tiny_model("tiny-hybrid").to(torch.bfloat16)
+    config = model.config
+    input_ids = torch.tensor([prompt_ids(config, [7], 1, [9])])
+    logits = model(input_ids=input_ids, high_res_pixel_values=random_images(config, 1)).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()

@@ -312,6 +312,12 @@ class DeepSeekVLConfig(PretrainedConfig):
         output["high_res_vision_config"] = (
             self.high_res_vision_config.to_dict() if self.high_res_vision_config is not None else None
         )
+        # transformers 5 keeps RoPE settings only in `rope_parameters`, 4.x only reads `rope_theta`: write both so a
+        # checkpoint keeps its RoPE base under either version.
+        text = output["text_config"]
+        rope_parameters = text.get("rope_parameters")
+        if isinstance(rope_parameters, dict) and "rope_theta" in rope_parameters:
+            text.setdefault("rope_theta", rope_parameters["rope_theta"])
         return output
 
     def to_diff_dict(self):

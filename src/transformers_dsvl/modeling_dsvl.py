@@ -204,6 +204,7 @@ class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
                     f"[num_images, 3, {config.image_size}, {config.image_size}], got only `pixel_values`. Fix: use the "
                     "checkpoint's DeepSeekVLProcessor, which emits high_res_pixel_values for hybrid models."
                 )
+            high_res_pixel_values = high_res_pixel_values.to(self.high_res_vision_model.pos_embed.dtype)
             if pixel_values is None:
                 pixel_values = low_res_view(high_res_pixel_values, low_size)
             high_res_features = self.high_res_vision_model(
