@@ -325,3 +325,25 @@ def test_cli_rejects_a_folder_without_checkpoint(benchmark_files, tmp_path):
     with pytest.raises(SystemExit, match="not a checkpoint folder"):
         main_eval(_cli_args(["--task", "pope", "--data", str(benchmark_files["pope"]), "--model", str(tmp_path),
                              "--no-progress"]))
+
+
+def test_dsvl_dispatcher_wires_eval_to_this_module():
+    import importlib
+
+    from transformers_dsvl.cli import SUBCOMMANDS
+
+    module_name, add_arguments, main_name = SUBCOMMANDS["eval"][:3]
+    module = importlib.import_module(module_name)
+    assert getattr(module, add_arguments) is add_eval_arguments
+    assert getattr(module, main_name) is main_eval
+
+
+def test_load_model_and_processor_in_the_requested_dtype(checkpoint, benchmark_files):
+    model, processor = load_model_and_processor(checkpoint, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu" and not model.training
+    assert processor.image_processor.image_size == 32
+    # Generation casts the float32 pixels to the model's dtype.
+    benchmark = get_benchmark("pope")
+    request = benchmark.requests(benchmark.load(benchmark_files["pope"]))[0]
+    generator = GreedyGenerator(model, processor, max_new_tokens=2)
+    assert len(generator([generator.render(request)], [request.load_images()])) == 1

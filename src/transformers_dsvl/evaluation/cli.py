@@ -70,7 +70,8 @@ def load_model_and_processor(model_dir: str | Path, device: str = "auto", dtype:
     if dtype == "auto":
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
     processor = DeepSeekVLProcessor.from_pretrained(model_dir)
-    model = DeepSeekVLForConditionalGeneration.from_pretrained(model_dir)
+    # Loaded directly in the target dtype: a 7B checkpoint in float32 would need twice the memory first.
+    model = DeepSeekVLForConditionalGeneration.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
     return model, processor
 
