@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from test_eval_formats import (
     write_mmbench_tsv,
     write_mmmu_parquet,
@@ -18,9 +17,18 @@ from test_eval_formats import (
     write_seed,
     write_vqa,
 )
+
 from transformers_dsvl import DeepSeekVLConfig, DeepSeekVLForConditionalGeneration
-from transformers_dsvl.evaluation import AnswerCacheMismatchError, evaluate_benchmark, get_benchmark
-from transformers_dsvl.evaluation.cli import add_eval_arguments, load_model_and_processor, main_eval
+from transformers_dsvl.evaluation import (
+    AnswerCacheMismatchError,
+    evaluate_benchmark,
+    get_benchmark,
+)
+from transformers_dsvl.evaluation.cli import (
+    add_eval_arguments,
+    load_model_and_processor,
+    main_eval,
+)
 from transformers_dsvl.evaluation.parsing import extract_option_letter, extract_yes_no
 from transformers_dsvl.evaluation.runner import ANSWERS_FILE, GreedyGenerator
 from transformers_dsvl.processing_dsvl import DEFAULT_SYSTEM_PROMPT, DeepSeekVLProcessor

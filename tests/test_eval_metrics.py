@@ -8,7 +8,6 @@ import sys
 import types
 
 import pytest
-
 from test_eval_formats import (
     write_mmbench_tsv,
     write_mmmu_jsonl,
@@ -18,6 +17,7 @@ from test_eval_formats import (
     write_seed,
     write_vqa,
 )
+
 from transformers_dsvl.evaluation import MetricBackend, get_benchmark
 from transformers_dsvl.evaluation.metrics import (
     binary_classification_scores,

@@ -11,7 +11,12 @@ or from the command line: `dsvl eval --task pope --data DIR --model DIR`. See do
 from .benchmarks import TASKS, Benchmark, GenerationRequest, ScoreResult, get_benchmark
 from .formats import BenchmarkFormatError, ImageSource, Sample
 from .metrics import MetricBackend
-from .runner import AnswerCache, AnswerCacheMismatchError, GreedyGenerator, evaluate_benchmark
+from .runner import (
+    AnswerCache,
+    AnswerCacheMismatchError,
+    GreedyGenerator,
+    evaluate_benchmark,
+)
 
 __all__ = [
     "TASKS",

@@ -17,7 +17,14 @@ from typing import Any
 import PIL.Image
 
 from . import formats, prompts
-from .metrics import MetricBackend, breakdown, circular_group_hits, mean, pope_scores, vqa_accuracy
+from .metrics import (
+    MetricBackend,
+    breakdown,
+    circular_group_hits,
+    mean,
+    pope_scores,
+    vqa_accuracy,
+)
 from .parsing import (
     YES_NO_RULES,
     extract_option_letter,
@@ -470,6 +477,7 @@ def get_benchmark(task: str, *, circular: bool = True, yes_no_rule: str = "vlmev
 
 
 __all__ = [
+    "MMMU",
     "MMMU_DISCIPLINES",
     "POPE",
     "TASKS",
@@ -477,7 +485,6 @@ __all__ = [
     "Benchmark",
     "GenerationRequest",
     "MMBench",
-    "MMMU",
     "OCRBench",
     "ScienceQA",
     "ScoreResult",

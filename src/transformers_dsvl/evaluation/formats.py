@@ -579,13 +579,12 @@ def load_mmmu(path: str | Path, image_root: str | Path | None = None) -> list[Sa
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        import pyarrow.parquet as parquet
+        from pyarrow import parquet
     except ImportError as error:
         raise ImportError(
             f"Reading {path} needs pyarrow (installed with `datasets`): pip install 'transformers_dsvl[eval]'."
         ) from error
-    for number, record in enumerate(parquet.read_table(path).to_pylist(), start=1):
-        yield number, record
+    yield from enumerate(parquet.read_table(path).to_pylist(), start=1)
 
 
 def _mmmu_sample(record: dict, root: Path, location: str) -> Sample:

@@ -49,7 +49,7 @@ class MetricBackend:
         for name in cls._METRIC_NAMES:
             try:
                 modules[name] = evaluate.load(name)
-            except Exception as error:  # offline: FileNotFoundError / ConnectionError / HF hub errors
+            except Exception as error:  # noqa: BLE001 -- offline: FileNotFoundError, ConnectionError, Hub errors
                 logger.info(
                     f"evaluate.load({name!r}) failed ({type(error).__name__}); metrics are computed by "
                     "transformers_dsvl itself with the same formulas."
