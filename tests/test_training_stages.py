@@ -163,3 +163,17 @@ def test_stage_configs_refuse_wrong_data_for_their_stage(tmp_path):
         run_stage(_stage_config(2, tmp_path), model, processor, multimodal_data=image_text_dataset(2))
     with pytest.raises(ValueError, match="needs conversations"):
         run_stage(_stage_config(3, tmp_path), model, processor)
+
+
+def test_stage2_streams_iterable_datasets_in_the_planned_modality_order(tmp_path):
+    model, processor = tiny_model_and_processor("tiny")
+    config = _stage_config(2, tmp_path, max_steps=5, language_ratio=0.4, modality_warmup_steps=0, packing=False)
+    result = run_stage(config, model, processor, multimodal_data=image_text_dataset(6).to_iterable_dataset(),
+                       text_data=text_dataset(10).to_iterable_dataset())
+    from transformers_dsvl.training import build_modality_plan
+
+    plan = build_modality_plan(config)
+    steps = sorted({step for step, _ in result.modality_history})
+    assert steps == list(range(5))
+    assert [dict(result.modality_history)[step] for step in steps] == [plan.modality(step) for step in steps]
+    assert {modality for _, modality in result.modality_history} == {"language", "multimodal"}

@@ -2,58 +2,42 @@
 pretraining with modality mixing, stage 3 supervised fine-tuning, on transformers' `Trainer`, TRL and accelerate.
 
 Needs the `training` extra (`pip install 'transformers_dsvl[training]'`: trl, accelerate, datasets, peft).
-See docs/training.md.
+See docs/training.md. Names are imported lazily, so `dsvl` subcommands that do not train start fast.
 """
 
-from .checkpoints import save_checkpoint
-from .collators import DeepSeekVLPretrainingCollator, DeepSeekVLSFTCollator
-from .config import STAGE_PRESETS, LoraSettings, StageConfig
-from .data import DataSource, load_data_mixture, load_data_source, load_local_dataset, mix_datasets, to_schema
-from .freezing import apply_freezing, apply_stage_freezing, parameter_group, stage_trainable_groups
-from .lora import build_lora_config, merge_lora, merge_lora_checkpoint
-from .packing import pack_documents
-from .recipe import StageResult, build_modality_plan, build_stage_trainer, run_stage
-from .sampler import (
-    ModalityGroupedBatchSampler,
-    ModalityGroupedIterableDataset,
-    ModalityMixtureDataset,
-    ModalityPlan,
-    ModalityWarmup,
-)
-from .schedules import get_step_schedule_with_warmup
-from .trainers import DeepSeekVLPretrainingTrainer, DeepSeekVLSFTTrainer
+import importlib
 
-__all__ = [
-    "STAGE_PRESETS",
-    "DataSource",
-    "DeepSeekVLPretrainingCollator",
-    "DeepSeekVLPretrainingTrainer",
-    "DeepSeekVLSFTCollator",
-    "DeepSeekVLSFTTrainer",
-    "LoraSettings",
-    "ModalityGroupedBatchSampler",
-    "ModalityGroupedIterableDataset",
-    "ModalityMixtureDataset",
-    "ModalityPlan",
-    "ModalityWarmup",
-    "StageConfig",
-    "StageResult",
-    "apply_freezing",
-    "apply_stage_freezing",
-    "build_lora_config",
-    "build_modality_plan",
-    "build_stage_trainer",
-    "get_step_schedule_with_warmup",
-    "load_data_mixture",
-    "load_data_source",
-    "load_local_dataset",
-    "merge_lora",
-    "merge_lora_checkpoint",
-    "mix_datasets",
-    "pack_documents",
-    "parameter_group",
-    "run_stage",
-    "save_checkpoint",
-    "stage_trainable_groups",
-    "to_schema",
-]
+_EXPORTS = {
+    "checkpoints": ["save_checkpoint"],
+    "collators": ["DeepSeekVLPretrainingCollator", "DeepSeekVLSFTCollator"],
+    "config": ["STAGE_PRESETS", "DataSource", "LoraSettings", "StageConfig"],
+    "data": ["load_data_mixture", "load_data_source", "load_local_dataset", "mix_datasets", "to_schema"],
+    "freezing": ["apply_freezing", "apply_stage_freezing", "parameter_group", "stage_trainable_groups"],
+    "lora": ["build_lora_config", "merge_lora", "merge_lora_checkpoint"],
+    "packing": ["pack_documents"],
+    "recipe": ["StageResult", "build_modality_plan", "build_stage_trainer", "run_stage"],
+    "sampler": [
+        "ModalityGroupedBatchSampler",
+        "ModalityGroupedIterableDataset",
+        "ModalityMixtureDataset",
+        "ModalityPlan",
+        "ModalityWarmup",
+    ],
+    "schedules": ["get_step_schedule_with_warmup"],
+    "trainers": ["DeepSeekVLPretrainingTrainer", "DeepSeekVLSFTTrainer"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -29,11 +29,49 @@ from typing import Any
 
 import yaml
 
-from .data import DataSource
 from .packing import PACKING_STRATEGIES
 from .schedules import DEFAULT_STEP_DECAY, DEFAULT_STEP_MILESTONES
 
 LORA_TARGET_GROUPS = ("language_model", "low_res_vision", "aligner", "high_res_vision")
+
+
+@dataclass
+class DataSource:
+    """One dataset of a stage's mixture.
+
+    Args:
+        path: a local file or folder (see the module docstring).
+        weight: its share of the mixture (sources are interleaved with probabilities proportional to the weights).
+        split: the split to read (files and folders without splits have `train`).
+        streaming: read it as an `IterableDataset`.
+        name: a label for logs (defaults to the file name).
+    """
+
+    path: str
+    weight: float = 1.0
+    split: str = "train"
+    streaming: bool = False
+    name: str | None = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("DataSource.path is empty. Fix: give a local file or folder.")
+        if not self.weight > 0:
+            raise ValueError(f"DataSource.weight must be positive, got {self.weight} for {self.path!r}.")
+        self.name = self.name or os.path.basename(os.path.normpath(self.path))
+
+    @classmethod
+    def coerce(cls, value) -> "DataSource":
+        if isinstance(value, DataSource):
+            return value
+        if isinstance(value, (str, os.PathLike)):
+            return cls(path=str(value))
+        if isinstance(value, dict):
+            unknown = set(value) - {"path", "weight", "split", "streaming", "name"}
+            if unknown:
+                raise ValueError(f"Unknown data-source keys {sorted(unknown)}; use path, weight, split, streaming, name.")
+            return cls(**value)
+        raise TypeError(f"A data source is a path or a dict with 'path' (and weight, split, ...), got {value!r}.")
 
 
 @dataclass
@@ -402,4 +440,4 @@ STAGE_PRESETS = {
     },
 }
 
-__all__ = ["LORA_TARGET_GROUPS", "STAGE_PRESETS", "LoraSettings", "StageConfig", "detect_world_size"]
+__all__ = ["LORA_TARGET_GROUPS", "STAGE_PRESETS", "DataSource", "LoraSettings", "StageConfig", "detect_world_size"]

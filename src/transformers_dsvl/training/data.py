@@ -17,57 +17,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, IterableDataset
 
 from ..tokenization_dsvl import IMAGE_TOKEN
+from .config import DataSource
 
 SCHEMAS = ("image_text", "text", "conversations")
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGE_LIST_FEATURE = datasets.List(datasets.Image())
-
-
-@dataclass
-class DataSource:
-    """One dataset of a stage's mixture.
-
-    Args:
-        path: a local file or folder (see the module docstring).
-        weight: its share of the mixture (sources are interleaved with probabilities proportional to the weights).
-        split: the split to read (files and folders without splits have `train`).
-        streaming: read it as an `IterableDataset`.
-        name: a label for logs (defaults to the file name).
-    """
-
-    path: str
-    weight: float = 1.0
-    split: str = "train"
-    streaming: bool = False
-    name: str | None = None
-
-    def __post_init__(self):
-        if not self.path:
-            raise ValueError("DataSource.path is empty. Fix: give a local file or folder.")
-        if not self.weight > 0:
-            raise ValueError(f"DataSource.weight must be positive, got {self.weight} for {self.path!r}.")
-        self.name = self.name or os.path.basename(os.path.normpath(self.path))
-
-    @classmethod
-    def coerce(cls, value) -> "DataSource":
-        if isinstance(value, DataSource):
-            return value
-        if isinstance(value, (str, os.PathLike)):
-            return cls(path=str(value))
-        if isinstance(value, dict):
-            unknown = set(value) - {"path", "weight", "split", "streaming", "name"}
-            if unknown:
-                raise ValueError(f"Unknown data-source keys {sorted(unknown)}; use path, weight, split, streaming, name.")
-            return cls(**value)
-        raise TypeError(f"A data source is a path or a dict with 'path' (and weight, split, ...), got {value!r}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
