@@ -22,7 +22,7 @@ def processor():
 
 
 def _trained_text(tokenizer, ids, labels) -> str:
-    return tokenizer.decode([i for i, label in zip(ids.tolist(), labels.tolist()) if label != -100])
+    return tokenizer.decode([i for i, label in zip(ids.tolist(), labels.tolist(), strict=True) if label != -100])
 
 
 def _check_structural_masks(batch):

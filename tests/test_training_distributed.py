@@ -58,7 +58,7 @@ def test_two_cpu_ranks_run_stage2_to_identical_weights(tmp_path):
 
 def _step_losses(trainer) -> dict[int, float]:
     losses: dict[int, float] = {}
-    for (step, _), loss in zip(trainer.modality_history, trainer.micro_batch_losses):
+    for (step, _), loss in zip(trainer.modality_history, trainer.micro_batch_losses, strict=True):
         losses[step] = losses.get(step, 0.0) + loss
     return losses
 

@@ -67,7 +67,8 @@ def test_random_assignment_is_unbiased():
 
 def _rank_batches(sampler, num_replicas):
     """What accelerate gives each rank from the global batch sampler (the Trainer's data-parallel path)."""
-    return [list(BatchSamplerShard(sampler, num_processes=num_replicas, process_index=rank)) for rank in range(num_replicas)]
+    return [list(BatchSamplerShard(sampler, num_processes=num_replicas, process_index=rank))
+            for rank in range(num_replicas)]
 
 
 @pytest.mark.parametrize("num_replicas", [1, 2])
@@ -101,8 +102,9 @@ def test_each_modality_is_read_as_whole_shuffled_passes_without_overlap_between_
     for stream, size in ((language, 12), (multimodal, 8)):
         for start in range(0, len(stream) - size + 1, size):  # every full pass is a permutation
             assert sorted(stream[start : start + size]) == list(range(size))
-    for batches in zip(*[iter(list(sampler))] * 2):  # the two ranks of one step see different samples
-        assert not set(batches[0]) & set(batches[1])
+    batches = list(sampler)
+    for first, second in zip(batches[0::2], batches[1::2], strict=True):  # the two ranks of a step: different samples
+        assert not set(first) & set(second)
     assert language[:12] != list(range(12))  # shuffled
 
 

@@ -13,7 +13,9 @@ from transformers_dsvl.training import StageConfig, apply_stage_freezing, run_st
 from transformers_dsvl.training.freezing import parameter_group, stage_trainable_groups
 from transformers_dsvl.training.trainers import optimizer_parameter_names
 
-HYBRID_ALIGNER = [f"model.aligner.{m}.{p}" for m in ("high_up_proj", "low_up_proj", "layers.1") for p in ("weight", "bias")]
+HYBRID_ALIGNER = [
+    f"model.aligner.{m}.{p}" for m in ("high_up_proj", "low_up_proj", "layers.1") for p in ("weight", "bias")
+]
 SIGLIP_ONLY_ALIGNER = [f"model.aligner.layers.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
 SAM_ADAPTOR = (
     [f"model.high_res_vision_model.{neck}.{part}" for neck in ("neck", "global_neck")
@@ -167,7 +169,7 @@ def test_stage_configs_refuse_wrong_data_for_their_stage(tmp_path):
 
 def test_stage2_streams_iterable_datasets_in_the_planned_modality_order(tmp_path):
     model, processor = tiny_model_and_processor("tiny")
-    config = _stage_config(2, tmp_path, max_steps=5, language_ratio=0.4, modality_warmup_steps=0, packing=False)
+    config = _stage_config(2, tmp_path, max_steps=5, language_ratio=0.4, modality_warmup_steps=0)  # packed, too
     result = run_stage(config, model, processor, multimodal_data=image_text_dataset(6).to_iterable_dataset(),
                        text_data=text_dataset(10).to_iterable_dataset())
     from transformers_dsvl.training import build_modality_plan

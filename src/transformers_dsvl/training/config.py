@@ -61,7 +61,7 @@ class DataSource:
         self.name = self.name or os.path.basename(os.path.normpath(self.path))
 
     @classmethod
-    def coerce(cls, value) -> "DataSource":
+    def coerce(cls, value) -> DataSource:
         if isinstance(value, DataSource):
             return value
         if isinstance(value, (str, os.PathLike)):
@@ -69,7 +69,9 @@ class DataSource:
         if isinstance(value, dict):
             unknown = set(value) - {"path", "weight", "split", "streaming", "name"}
             if unknown:
-                raise ValueError(f"Unknown data-source keys {sorted(unknown)}; use path, weight, split, streaming, name.")
+                raise ValueError(
+                    f"Unknown data-source keys {sorted(unknown)}; use path, weight, split, streaming, name."
+                )
             return cls(**value)
         raise TypeError(f"A data source is a path or a dict with 'path' (and weight, split, ...), got {value!r}.")
 
@@ -259,12 +261,12 @@ class StageConfig:
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str, stage: int, **overrides) -> "StageConfig":
+    def from_preset(cls, preset: str, stage: int, **overrides) -> StageConfig:
         """The preset's values for `stage` (see the module docstring), then `overrides`."""
         return cls.from_dict({**overrides, "stage": stage, "preset": preset})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "StageConfig":
+    def from_dict(cls, values: dict) -> StageConfig:
         values = dict(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
@@ -285,7 +287,7 @@ class StageConfig:
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "StageConfig":
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> StageConfig:
         """Read a YAML stage config (`stage`, optionally `preset`, then any field); `overrides` win over the file."""
         with open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}
@@ -293,7 +295,7 @@ class StageConfig:
             raise ValueError(f"{path}: a stage config is a YAML mapping of field: value.")
         return cls.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
 
-    def replace(self, **changes) -> "StageConfig":
+    def replace(self, **changes) -> StageConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -147,7 +147,7 @@ def to_schema(dataset, schema: str, source_name: str | None = None):
     """Check `dataset` against `schema` and bring it to the canonical columns (see the module docstring)."""
     if schema not in SCHEMAS:
         raise ValueError(f"Unknown schema {schema!r}. Fix: use one of {SCHEMAS}.")
-    columns = set(dataset.column_names or [])
+    columns = column_names(dataset)
     where = f" ({source_name})" if source_name else ""
     if schema == "text":
         if "text" not in columns:
@@ -166,7 +166,10 @@ def _to_image_text(dataset, columns: set, where: str):
             f"Image-text data{where} needs an 'images' (list) or 'image' column and a 'text' (or 'caption') column; "
             f"it has {sorted(columns)}."
         )
-    if columns == {"images", "text"} and dataset.features is not None and dataset.features["images"] == IMAGE_LIST_FEATURE:
+    features = dataset.features
+    if columns == {"images", "text"} and features is not None and features["images"] == IMAGE_LIST_FEATURE:
+        # Already canonical: served as is (placeholder counts are checked when batches are built, without a pass
+        # over the data that would copy every image).
         return dataset
     # Work on undecoded images (path/bytes records): reshaping the columns must not decode and re-encode every image.
     image_feature = datasets.Image(decode=False)
@@ -183,6 +186,14 @@ def _to_image_text(dataset, columns: set, where: str):
     features = datasets.Features({"images": datasets.List(image_feature), "text": datasets.Value("string")})
     dataset = dataset.map(reshape, remove_columns=list(columns), features=features)
     return dataset.cast_column("images", IMAGE_LIST_FEATURE)
+
+
+def column_names(dataset) -> set[str]:
+    """Columns of a dataset; a streaming dataset whose columns are unknown until read is peeked at."""
+    if dataset.column_names is not None:
+        return set(dataset.column_names)
+    first = next(iter(dataset), None)
+    return set(first) if first is not None else set()
 
 
 def with_image_placeholders(text: str, num_images: int) -> str:
@@ -296,6 +307,7 @@ __all__ = [
     "as_dataset",
     "canonical_messages",
     "clean_messages",
+    "column_names",
     "count_image_parts",
     "load_data_mixture",
     "load_data_source",

@@ -25,9 +25,12 @@ PACKING_STRATEGIES = ("bfd_split", "bfd", "wrapped")
 def tokenize_documents(dataset, tokenizer, text_column: str = "text", map_kwargs: dict | None = None):
     """`input_ids` = BOS + text + EOS per document (the tokenizer adds BOS, as DeepSeek-LLM's does); other columns
     are dropped."""
-    if text_column not in (dataset.column_names or []):
+    from .data import column_names
+
+    columns = column_names(dataset)
+    if text_column not in columns:
         raise ValueError(
-            f"The language-only dataset has no {text_column!r} column (columns: {dataset.column_names}). Fix: name the "
+            f"The language-only dataset has no {text_column!r} column (columns: {sorted(columns)}). Fix: name the "
             "text column 'text' or pass text_column=..."
         )
     eos_token_id = tokenizer.eos_token_id
@@ -38,7 +41,7 @@ def tokenize_documents(dataset, tokenizer, text_column: str = "text", map_kwargs
         encoded = tokenizer(batch[text_column], add_special_tokens=True, return_attention_mask=False)
         return {"input_ids": [ids + [eos_token_id] for ids in encoded["input_ids"]]}
 
-    return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, **(map_kwargs or {}))
+    return dataset.map(tokenize, batched=True, remove_columns=sorted(columns), **(map_kwargs or {}))
 
 
 def pack_documents(dataset, tokenizer, max_length: int, strategy: str = "bfd_split", text_column: str = "text",

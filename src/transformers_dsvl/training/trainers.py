@@ -102,9 +102,10 @@ class DeepSeekVLPretrainingTrainer(StepLRSchedulerMixin, Trainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         if modality is not None:
             step = self.state.global_step
-            if self.modality_history and self.modality_history[-1][0] == step and self.modality_history[-1][1] != modality:
+            previous = self.modality_history[-1] if self.modality_history else None
+            if previous is not None and previous[0] == step and previous[1] != modality:
                 raise RuntimeError(
-                    f"Optimizer step {step} received both {self.modality_history[-1][1]} and {modality} micro-batches; "
+                    f"Optimizer step {step} received both {previous[1]} and {modality} micro-batches; "
                     "every step must hold one modality. The data loader does not follow the modality plan (was the "
                     "gradient accumulation or world size changed after building it?)."
                 )
@@ -123,7 +124,7 @@ class DeepSeekVLPretrainingTrainer(StepLRSchedulerMixin, Trainer):
             if self.args.world_size > 1:
                 # Every rank trained the same steps (one modality per step everywhere): average like `loss` is.
                 window_loss = self.accelerator.reduce(window_loss, reduction="mean")
-            for modality, modality_loss in zip(MODALITIES, window_loss.tolist()):
+            for modality, modality_loss in zip(MODALITIES, window_loss.tolist(), strict=True):
                 micro_batches = self._window_micro_batches[modality]
                 steps = micro_batches / accumulation
                 logs[f"{modality}_steps"] = steps
@@ -149,7 +150,9 @@ class DeepSeekVLSFTTrainer(StepLRSchedulerMixin, SFTTrainer):
 def optimizer_parameter_names(trainer: Trainer) -> set[str]:
     """Names of the parameters the trainer's optimizer updates (for checks that frozen weights cost no state)."""
     names_by_id = {id(p): n for n, p in trainer.model.named_parameters()}
-    return {names_by_id[id(p)] for group in trainer.optimizer.param_groups for p in group["params"] if id(p) in names_by_id}
+    return {
+        names_by_id[id(p)] for group in trainer.optimizer.param_groups for p in group["params"] if id(p) in names_by_id
+    }
 
 
 __all__ = [
