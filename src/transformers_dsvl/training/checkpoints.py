@@ -12,19 +12,13 @@ from ..modeling_dsvl import DeepSeekVLForConditionalGeneration
 from ..processing_dsvl import DeepSeekVLProcessor
 
 
-def register_processor_remote_code(processor) -> None:
-    """Make `processor.save_pretrained` write `auto_map` and copy `processing_dsvl.py` (and the files it imports)
-    next to the checkpoint, so `AutoProcessor.from_pretrained(path, trust_remote_code=True)` finds our class."""
-    type(processor).register_for_auto_class("AutoProcessor")
-
-
 def save_checkpoint(model, processor, output_dir: str | os.PathLike) -> str:
-    """Save `model` and `processor` to `output_dir` as a self-contained remote-code checkpoint."""
+    """Save `model` and `processor` to `output_dir` as a self-contained remote-code checkpoint (the package's auto
+    registration makes `save_pretrained` write `auto_map` and copy the model and processor code)."""
     output_dir = str(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
     if processor is not None:
-        register_processor_remote_code(processor)
         processor.save_pretrained(output_dir)
     return output_dir
 
@@ -44,4 +38,4 @@ def load_processor(path: str) -> DeepSeekVLProcessor:
     return DeepSeekVLProcessor.from_pretrained(path)
 
 
-__all__ = ["load_model", "load_processor", "register_processor_remote_code", "save_checkpoint"]
+__all__ = ["load_model", "load_processor", "save_checkpoint"]

@@ -17,7 +17,7 @@ from typing import Any
 from datasets import IterableDataset
 from transformers import PreTrainedModel, TrainerCallback
 
-from .checkpoints import load_model, load_processor, register_processor_remote_code, save_checkpoint
+from .checkpoints import load_model, load_processor, save_checkpoint
 from .collators import DeepSeekVLPretrainingCollator, DeepSeekVLSFTCollator
 from .config import StageConfig
 from .data import as_dataset, load_data_mixture
@@ -117,7 +117,6 @@ def build_stage_trainer(
     """Freeze `model` for `config.stage` and build its trainer. Data arguments (a `datasets.Dataset`,
     `IterableDataset`, list of dicts or path) override the config's data sources; `args` (the stage's
     `TrainingArguments`/`SFTConfig`) defaults to `config.training_arguments()`. Returns `(trainer, freezing)`."""
-    register_processor_remote_code(processor)
     args = args if args is not None else config.training_arguments()
     if config.stage in (1, 2):
         return _build_pretraining_trainer(config, args, model, processor, multimodal_data, text_data, eval_dataset,
