@@ -1,0 +1,68 @@
+"""(a) Vision encoding of one image: the hybrid (SAM-B 1024 px + SigLIP-L 384 px + aligner) and the SigLIP-only
+variant (SigLIP-L 384 px + aligner), ours against transformers' port with the same weights.
+
+Both sides get what their own processor would hand them: ours a [0, 1] image (the model normalises and, for the
+hybrid, makes the 384 px view itself), upstream normalised pixels (and, for the hybrid, the 384 px view made in its
+preprocessing). The work timed is `get_image_features` on each side: towers + aligner.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from common import count_flops, row, time_side_by_side
+from models import build_ours, upstream_twin, vision_config
+from transformers_dsvl.modeling_dsvl import low_res_view, normalize_pixels
+
+SUITE = "vision"
+
+
+def inputs(config, generator):
+    """(our kwargs, upstream kwargs) for one image."""
+    image = torch.rand(1, 3, config.image_size, config.image_size, generator=generator)
+    if config.is_hybrid:
+        low = low_res_view(image, config.vision_config.image_size)
+        ours = {"high_res_pixel_values": image}
+        theirs = {
+            "pixel_values": normalize_pixels(low, config.low_res_image_mean, config.low_res_image_std),
+            "high_res_pixel_values": normalize_pixels(image, config.high_res_image_mean, config.high_res_image_std),
+        }
+    else:
+        ours = {"pixel_values": image}
+        theirs = {"pixel_values": normalize_pixels(image, config.low_res_image_mean, config.low_res_image_std)}
+    return ours, theirs
+
+
+def run(args, log=print) -> list[dict]:
+    rows = []
+    for variant in args.vision_variants:
+        config = vision_config(variant, args.smoke)
+        ours = build_ours(config)
+        theirs = upstream_twin(ours)
+        generator = torch.Generator().manual_seed(0)
+        our_inputs, their_inputs = inputs(config, generator)
+
+        def encode_ours():
+            return ours.model.get_image_features(**our_inputs)
+
+        def encode_theirs():
+            return theirs.model.get_image_features(**their_inputs).pooler_output
+
+        with torch.inference_mode():
+            difference = (encode_ours() - encode_theirs()).abs().max().item()
+            scale = encode_theirs().abs().max().item()
+        log(f"  {variant}: max |ours - upstream| = {difference:.2e} (output scale {scale:.2f})")
+        flops = count_flops(encode_theirs)
+        our_flops = count_flops(encode_ours)
+        workload = "hybrid 1024px (SAM-B + SigLIP-L + aligner)" if config.is_hybrid else \
+            "SigLIP-only 384px (SigLIP-L + aligner)"
+        timings = time_side_by_side({"ours": encode_ours, "upstream": encode_theirs}, args.warmup, args.repeats, log)
+        for name, timing in timings.items():
+            rows.append(row(SUITE, workload, name, timing, variant=variant, flops=flops,
+                            executed_flops=our_flops if name == "ours" else flops,
+                            max_abs_difference=difference, output_scale=scale))
+        del ours, theirs, encode_ours, encode_theirs
+        gc.collect()
+    return rows
