@@ -28,11 +28,15 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported (training, evaluation and the demo pull in heavy
+    optional dependencies that the other subcommands do not need)."""
     parser = argparse.ArgumentParser(prog="dsvl", description="DeepSeek-VL for Hugging Face Transformers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, add_arguments, main_name, help_text, extra) in SUBCOMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
@@ -54,7 +58,9 @@ def _missing_dependency(command: str, error: ImportError, hint: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     result = args.handler(args)
     return int(result) if isinstance(result, int) else 0
 
