@@ -1,0 +1,222 @@
+"""Every performance optimisation keeps outputs within 1e-4 of the plain path it replaces.
+
+- SAM attention, `sdpa`: the relative-position bias is built per chunk of query rows (into one reused buffer outside
+  autograd) instead of densely; plain path: the original's arithmetic (eager, dense bias).
+- SAM window blocks: q/k/v are projected for the real tokens only and the padding gets the qkv bias, the output
+  projection runs after cropping; plain path: the original's zero-padded windows through both projections.
+- SAM MLP: GELU in place outside autograd; plain path: the out-of-place activation.
+- The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
+- Image preprocessing: the proposed fast path (benchmarks/fast_preprocessing.py) is bit-identical to the processor.
+- Multi-turn chat that reuses the KV cache and image features: tests/test_chat_session.py (identical tokens).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from model_helpers import random_images, randomize_, tiny_model
+from processor_helpers import noise_rgb, tiny_image_processor
+
+from transformers_dsvl import modeling_dsvl_sam
+from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
+from transformers_dsvl.modeling_dsvl_sam import (
+    DeepSeekVLSamAttention,
+    DeepSeekVLSamMLP,
+    DeepSeekVLSamVisionModel,
+    chunked_sdpa,
+    dense_relative_bias,
+    relative_position_terms,
+    sam_eager_attention_forward,
+    window_partition,
+    window_unpartition,
+)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from fast_preprocessing import fast_pixel_values, rescale_table  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def small_sam_config(**overrides) -> DeepSeekVLSamVisionConfig:
+    """Big enough for several windows with padding (grid 14, window 4 -> 16) and several query chunks."""
+    settings = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4, image_size=224,
+                    patch_size=16, window_size=4, global_attn_indexes=[1, 3], global_feature_layer=1,
+                    neck_channels=16, downsample_channels=[32, 64], output_grid_size=4)
+    settings.update(overrides)
+    return DeepSeekVLSamVisionConfig(**settings)
+
+
+def random_attention_inputs(batch=2, heads=3, size=9, head_dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    query, key, value = (torch.randn(batch, heads, size * size, head_dim, generator=generator) for _ in range(3))
+    rel_pos_h = torch.randn(2 * size - 1, head_dim, generator=generator)
+    rel_pos_w = torch.randn(2 * size - 1, head_dim, generator=generator)
+    rel_h, rel_w = relative_position_terms(query, rel_pos_h, rel_pos_w, size, size)
+    return query, key, value, rel_h, rel_w
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 2**10, 10 * 2**10, 2**30], ids=["1-row", "4KiB", "10KiB", "whole"])
+def test_chunked_sdpa_equals_the_dense_eager_attention(chunk_bytes, monkeypatch):
+    query, key, value, rel_h, rel_w = random_attention_inputs()
+    scaling = query.shape[-1] ** -0.5
+    plain, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, dense_relative_bias(rel_h, rel_w),
+                                           scaling)
+    monkeypatch.setattr(modeling_dsvl_sam, "SDPA_BIAS_CHUNK_BYTES", chunk_bytes)
+    with torch.inference_mode():  # the reused-buffer path
+        fast = chunked_sdpa(query, key, value, rel_h, rel_w, scaling)
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    # With autograd (training) every chunk gets its own bias, and gradients flow to the relative positions.
+    leaves = [t.clone().requires_grad_() for t in (query, key, value, rel_h, rel_w)]
+    differentiable = chunked_sdpa(*leaves, scaling)
+    torch.testing.assert_close(differentiable.detach(), plain, atol=TOLERANCE, rtol=TOLERANCE)
+    differentiable.square().sum().backward()
+    assert all(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves)
+
+
+def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The original block's attention: zero-pad the map, cut windows, project every padded token, attend, project,
+    crop (eager arithmetic)."""
+    height, width = hidden_states.shape[1:3]
+    windows, padded_hw = window_partition(hidden_states, module.window_size)
+    count, size = windows.shape[0], module.window_size
+    qkv = module.qkv(windows).reshape(count, size * size, 3, module.num_heads, module.head_dim)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    rel_h, rel_w = relative_position_terms(query, module.rel_pos_h, module.rel_pos_w, size, size)
+    output, _ = sam_eager_attention_forward(module, query, key, value, dense_relative_bias(rel_h, rel_w),
+                                            module.scaling)
+    output = module.proj(output.reshape(count, size, size, -1))
+    return window_unpartition(output, size, padded_hw, (height, width))
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_window_attention_on_real_tokens_equals_projecting_the_padding(implementation, qkv_bias):
+    config = small_sam_config(qkv_bias=qkv_bias)
+    config._attn_implementation = implementation
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).eval()
+    hidden_states = torch.randn(2, config.grid_size, config.grid_size, config.hidden_size)
+    assert config.grid_size % config.window_size, "the case under test needs padding"
+    with torch.no_grad():
+        plain = original_window_attention(module, hidden_states)
+        fast, _ = module(hidden_states)
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    if implementation == "eager":  # the same arithmetic on the same numbers
+        assert (fast - plain).abs().max() <= 1e-6
+
+
+def test_in_place_gelu_equals_the_plain_mlp():
+    config = small_sam_config()
+    mlp = randomize_(DeepSeekVLSamMLP(config)).eval()
+    hidden_states = torch.randn(2, 5, 5, config.hidden_size)
+    plain = mlp.lin2(mlp.act(mlp.lin1(hidden_states)))
+    with torch.inference_mode():
+        fast = mlp(hidden_states)
+    assert torch.equal(fast, plain.detach())
+    # Under autograd the out-of-place activation is kept (GELU's backward needs its input).
+    trained = mlp(hidden_states.requires_grad_())
+    trained.sum().backward()
+    assert torch.equal(trained.detach(), plain.detach()) and hidden_states.grad is not None
+
+
+def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
+    config = small_sam_config()
+    torch.manual_seed(0)
+    plain_tower = randomize_(DeepSeekVLSamVisionModel(config), scale=0.1).eval()
+    plain_tower.config._attn_implementation = "eager"
+    fast_tower = copy.deepcopy(plain_tower)  # the copy's modules share one (copied) config
+    fast_tower.config._attn_implementation = "sdpa"
+    assert all(layer.attn.config is fast_tower.config for layer in fast_tower.layers)
+    pixels = torch.randn(2, 3, config.image_size, config.image_size)
+    # Plain: the original's windows (every padded token projected), dense bias, out-of-place GELU, with autograd on.
+    hidden = plain_tower.patch_embed(pixels) + plain_tower.pos_embed
+    global_features = None
+    for index, layer in enumerate(plain_tower.layers):
+        normed = layer.layer_norm1(hidden)
+        if layer.window_size:
+            attended = original_window_attention(layer.attn, normed)
+        else:
+            attended, _ = layer.attn(normed)
+        hidden = hidden + attended
+        hidden = hidden + layer.mlp.lin2(layer.mlp.act(layer.mlp.lin1(layer.layer_norm2(hidden))))
+        if index == config.global_feature_layer:
+            global_features = hidden
+    plain = plain_tower.resize_and_downsample(plain_tower.neck(hidden))
+    plain = plain + plain_tower.global_alpha * plain_tower.resize_and_downsample(plain_tower.global_neck(global_features))
+    plain = plain.flatten(2).transpose(1, 2).detach()
+    monkeypatch.setattr(modeling_dsvl_sam, "SDPA_BIAS_CHUNK_BYTES", 16 * 2**10)  # several chunks per global block
+    with torch.inference_mode():
+        fast = fast_tower(pixels).last_hidden_state
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_model_image_features_fast_equals_plain():
+    """Inference mode + sdpa (every fast path) against autograd + eager (every plain path), whole model."""
+    plain_model = tiny_model("tiny-hybrid", attn_implementation="eager")
+    fast_model = tiny_model("tiny-hybrid", attn_implementation="sdpa")
+    images = random_images(plain_model.config, 2)
+    plain = plain_model.get_image_features(high_res_pixel_values=images).detach()
+    with torch.inference_mode():
+        fast = fast_model.get_image_features(high_res_pixel_values=images)
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+# -- image preprocessing ------------------------------------------------------------------------------------------
+def test_rescale_table_is_the_per_pixel_arithmetic():
+    for factor in (1 / 255, 0.5, 1 / 3):
+        values = np.arange(256)
+        assert np.array_equal(rescale_table(factor), (values.astype(np.float64) * factor).astype(np.float32))
+
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["siglip", "hybrid"])
+def test_fast_preprocessing_is_bit_identical(hybrid):
+    processor = tiny_image_processor(hybrid=hybrid)
+    images = [
+        noise_rgb(300, 200, 1),  # landscape
+        noise_rgb(90, 333, 2),  # portrait
+        noise_rgb(64, 64, 3),  # square
+        noise_rgb(997, 7, 4),  # extreme: the short side is clamped to min_size
+        noise_rgb(5, 3, 5),  # upscaled
+        noise_rgb(128, 127, 6).convert("L"),  # another mode
+        np.asarray(noise_rgb(40, 30, 7)),  # numpy HWC
+        torch.from_numpy(np.asarray(noise_rgb(31, 45, 8)).copy()).permute(2, 0, 1),  # torch CHW
+        noise_rgb(50, 40, 9).convert("RGBA"),
+        PIL.Image.new("RGB", (processor.image_size, processor.image_size // 2), (10, 20, 30)),  # resize skipped
+    ]
+    key = "high_res_pixel_values" if hybrid else "pixel_values"
+    expected = processor(images, return_tensors="pt")[key]
+    for workers in (1, 2):
+        assert torch.equal(fast_pixel_values(processor, images, workers=workers), expected)
+    larger = tiny_image_processor(hybrid=hybrid, image_size=384, background_color=(1, 2, 3))
+    assert torch.equal(fast_pixel_values(larger, images), larger(images, return_tensors="pt")[key])
+
+
+def test_fast_preprocessing_refuses_normalisation():
+    with pytest.raises(ValueError, match="do_normalize"):
+        fast_pixel_values(tiny_image_processor(do_normalize=True), [noise_rgb(8, 8)])
+
+
+def test_sdpa_bias_chunks_are_equal_and_within_budget(monkeypatch):
+    """The chunking itself: equal chunks within the byte budget (no tiny tail call)."""
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[2], attn_mask.numel() * attn_mask.element_size()))
+        return real_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    query, key, value, rel_h, rel_w = random_attention_inputs(size=10)  # 100 queries
+    row_bytes = 2 * 3 * 100 * 4
+    monkeypatch.setattr(modeling_dsvl_sam, "SDPA_BIAS_CHUNK_BYTES", 30 * row_bytes)
+    monkeypatch.setattr(modeling_dsvl_sam.F, "scaled_dot_product_attention", recording_sdpa)
+    with torch.inference_mode():
+        chunked_sdpa(query, key, value, rel_h, rel_w, 0.5)
+    assert [rows for rows, _ in calls] == [25, 25, 25, 25]
+    assert all(size <= 30 * row_bytes for _, size in calls)
