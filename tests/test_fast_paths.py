@@ -6,15 +6,14 @@
   projection runs after cropping; plain path: the original's zero-padded windows through both projections.
 - SAM MLP: GELU in place outside autograd; plain path: the out-of-place activation.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
-- Image preprocessing: the proposed fast path (benchmarks/fast_preprocessing.py) is bit-identical to the processor.
+- Image preprocessing: the processor's batched table-lookup path is bit-identical to the original's per-image
+  arithmetic (`process_one`), with one and with several threads.
 - Multi-turn chat that reuses the KV cache and image features: tests/test_chat_session.py (identical tokens).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import sys
 
 import numpy as np
 import PIL.Image
@@ -38,8 +37,6 @@ from transformers_dsvl.modeling_dsvl_sam import (
     window_unpartition,
 )
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from fast_preprocessing import fast_pixel_values, rescale_table  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -169,14 +166,8 @@ def test_model_image_features_fast_equals_plain():
 
 
 # -- image preprocessing ------------------------------------------------------------------------------------------
-def test_rescale_table_is_the_per_pixel_arithmetic():
-    for factor in (1 / 255, 0.5, 1 / 3):
-        values = np.arange(256)
-        assert np.array_equal(rescale_table(factor), (values.astype(np.float64) * factor).astype(np.float32))
-
-
 @pytest.mark.parametrize("hybrid", [False, True], ids=["siglip", "hybrid"])
-def test_fast_preprocessing_is_bit_identical(hybrid):
+def test_batched_preprocessing_is_bit_identical_to_the_per_image_arithmetic(hybrid):
     processor = tiny_image_processor(hybrid=hybrid)
     images = [
         noise_rgb(300, 200, 1),  # landscape
@@ -190,17 +181,14 @@ def test_fast_preprocessing_is_bit_identical(hybrid):
         noise_rgb(50, 40, 9).convert("RGBA"),
         PIL.Image.new("RGB", (processor.image_size, processor.image_size // 2), (10, 20, 30)),  # resize skipped
     ]
-    key = "high_res_pixel_values" if hybrid else "pixel_values"
-    expected = processor(images, return_tensors="pt")[key]
-    for workers in (1, 2):
-        assert torch.equal(fast_pixel_values(processor, images, workers=workers), expected)
-    larger = tiny_image_processor(hybrid=hybrid, image_size=384, background_color=(1, 2, 3))
-    assert torch.equal(fast_pixel_values(larger, images), larger(images, return_tensors="pt")[key])
-
-
-def test_fast_preprocessing_refuses_normalisation():
-    with pytest.raises(ValueError, match="do_normalize"):
-        fast_pixel_values(tiny_image_processor(do_normalize=True), [noise_rgb(8, 8)])
+    for candidate in (processor, tiny_image_processor(hybrid=hybrid, image_size=384, background_color=(1, 2, 3)),
+                      tiny_image_processor(hybrid=hybrid, rescale_factor=1 / 3)):
+        settings = {name: getattr(candidate, name) for name in candidate.config_fields}
+        expected = np.stack([candidate.process_one(image, index, settings) for index, image in enumerate(images)])
+        for workers in (1, 2):
+            assert np.array_equal(candidate._rescaled_batch(images, settings, workers=workers), expected)
+        key = "high_res_pixel_values" if hybrid else "pixel_values"
+        assert torch.equal(candidate(images, return_tensors="pt")[key], torch.from_numpy(expected))
 
 
 def test_sdpa_bias_chunks_are_equal_and_within_budget(monkeypatch):

@@ -31,6 +31,7 @@ import io
 import os
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -451,6 +452,47 @@ class DeepSeekVLImageProcessor(BaseImageProcessor):
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
         return (pixels.astype(np.float64) * settings["rescale_factor"]).astype(np.float32)
 
+    def _rescaled_batch(self, flat: list, settings: dict, workers: int | None = None) -> np.ndarray:
+        """`np.stack([process_one(image) ...])`, bit for bit, written straight into one [N, 3, S, S] array.
+
+        Rescaling is a 256-entry table of the per-pixel arithmetic, so only the resized content is converted (the
+        padding is filled with the background's entry), with no float64 pass and no per-image copies; images are
+        spread over `torch.get_num_threads()` threads, since PIL's resize and NumPy's copies release the GIL.
+        """
+        size = settings["image_size"]
+        output = np.empty((len(flat), 3, size, size), dtype=np.float32)
+        table = (np.arange(256, dtype=np.float64) * settings["rescale_factor"]).astype(np.float32)
+        color = settings["background_color"]
+        if color is None:
+            color = tuple(int(m * 255) for m in settings["image_mean"])
+        background = table[np.asarray(color, dtype=np.uint8)][:, None, None]
+
+        def write(index: int) -> None:
+            image = to_rgb_image(flat[index], index)
+            new_size = resized_size(image.width, image.height, size, settings["min_size"])
+            if new_size != image.size:
+                image = image.resize(new_size, PIL.Image.Resampling.BICUBIC)
+            width, height = image.size  # the long side is exactly `size`: int(L / L * S) == S
+            # expand_to_square's placement: content centred, the odd pixel of padding at the bottom/right.
+            top = (width - height) // 2 if width > height else 0
+            left = (height - width) // 2 if height > width else 0
+            target = output[index]
+            target[:, :top, :] = background
+            target[:, top + height:, :] = background
+            target[:, :, :left] = background
+            target[:, :, left + width:] = background
+            content = table[np.asarray(image, dtype=np.uint8)]  # HWC
+            target[:, top:top + height, left:left + width] = content.transpose(2, 0, 1)
+
+        workers = min(len(flat), workers or torch.get_num_threads())
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(write, range(len(flat))))
+        else:
+            for index in range(len(flat)):
+                write(index)
+        return output
+
     def preprocess(
         self,
         images: Any,
@@ -488,11 +530,7 @@ class DeepSeekVLImageProcessor(BaseImageProcessor):
             )
 
         flat = flatten_images(images)
-        size = settings["image_size"]
-        if flat:
-            pixels = np.stack([self.process_one(image, index, settings) for index, image in enumerate(flat)])
-        else:
-            pixels = np.zeros((0, 3, size, size), dtype=np.float32)
+        pixels = self._rescaled_batch(flat, settings)
 
         data = {}
         main_key = "high_res_pixel_values" if hybrid else "pixel_values"
