@@ -194,6 +194,14 @@ class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
         Inputs are rescaled to [0,1] and not normalised. SigLIP-only: `pixel_values`. Hybrid: `high_res_pixel_values`
         (the model derives the low-resolution view unless `pixel_values` is given as well).
         """
+        return self.aligner(*self.get_vision_tower_features(pixel_values, high_res_pixel_values))
+
+    def get_vision_tower_features(
+        self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The towers' outputs before the aligner: SigLIP's last hidden state [num_images, num_image_tokens, vision
+        hidden size] and, for the hybrid, SAM's [num_images, num_image_tokens, high-res output channels] (else None).
+        Same inputs as `get_image_features`."""
         config = self.config
         low_size = config.vision_config.image_size
         high_res_features = None
@@ -227,7 +235,7 @@ class DeepSeekVLModel(DeepSeekVLPreTrainedModel):
         low_res_features = self.vision_model(
             pixel_values=normalize_pixels(pixel_values, config.low_res_image_mean, config.low_res_image_std)
         ).last_hidden_state
-        return self.aligner(low_res_features, high_res_features)
+        return low_res_features, high_res_features
 
     def merge_image_features(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor

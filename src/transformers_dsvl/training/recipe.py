@@ -24,6 +24,7 @@ from .data import as_dataset, load_data_mixture
 from .freezing import FreezingReport, apply_stage_freezing, pin_frozen_modules_to_eval, release_eval_pins
 from .lora import build_lora_config, merge_lora, prepare_for_qlora, qlora_quantization_config
 from .packing import pack_documents
+from .progress import use_compact_progress
 from .sampler import (
     ModalityGroupedIterableDataset,
     ModalityMixtureDataset,
@@ -241,12 +242,14 @@ def run_stage(
     eval_dataset=None,
     callbacks: list[TrainerCallback] | None = None,
     resume_from_checkpoint: str | bool | None = None,
+    progress_description: str | None = None,
 ) -> StageResult:
     """Train one stage and save the result (model + processor, remote-code checkpoint) to `config.output_dir`.
 
     `model`/`processor` default to loading `config.model_name_or_path`; the data arguments default to the config's
     data sources. `resume_from_checkpoint` (a checkpoint folder, or `True` for the last one in `output_dir`)
-    defaults to `config.resume_from_checkpoint`.
+    defaults to `config.resume_from_checkpoint`. `progress_description` swaps the trainer's console output (a bar
+    plus one printed dict per log) for a single progress bar with that label and the latest loss.
     """
     # The arguments come first: under DeepSpeed ZeRO-3 their creation makes `from_pretrained` partition the weights
     # while loading instead of materialising the whole model in every process.
@@ -259,6 +262,8 @@ def run_stage(
         config, model, processor, multimodal_data=multimodal_data, text_data=text_data,
         conversations=conversations, eval_dataset=eval_dataset, callbacks=callbacks, args=args,
     )
+    if progress_description is not None:
+        use_compact_progress(trainer, progress_description)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = config.resume_from_checkpoint
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
