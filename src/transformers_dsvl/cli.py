@@ -8,6 +8,9 @@ import sys
 
 # subcommand -> (module, add-arguments function, main function, one-line help, pip extra it needs)
 SUBCOMMANDS = {
+    "demo": ("transformers_dsvl.demo.cli", "add_demo_arguments", "main_demo",
+             "train a tiny DeepSeek-VL from scratch on generated data (all three stages), evaluate it, chat with it",
+             "training"),
     "chat": ("transformers_dsvl.chat_cli", "add_chat_arguments", "main_chat",
              "chat with a checkpoint, one-shot or interactive, images kept across turns", None),
     "to-upstream": ("transformers_dsvl.conversion.upstream_cli", "add_to_upstream_arguments", "main_to_upstream",
