@@ -183,6 +183,14 @@ def checkpoint_tensor_bytes(path: Path) -> int:
     return total
 
 
+def load_side_by_side(args, log=print):
+    """The 1.3B-shaped random checkpoint (written once) as ours and its processor, and upstream's twin holding the
+    same weight tensors, with upstream's processor."""
+    our_dir, their_dir = ensure_checkpoints(args.cache_dir, args.smoke, log)
+    ours = load_ours(our_dir)
+    return ours, load_our_processor(our_dir), upstream_twin(ours), load_upstream_processor(their_dir)
+
+
 __all__ = [
     "build_ours",
     "checkpoint_dirs",
@@ -192,6 +200,7 @@ __all__ = [
     "language_config",
     "load_our_processor",
     "load_ours",
+    "load_side_by_side",
     "load_upstream_processor",
     "small_tokenizer",
     "upstream_image_processor",

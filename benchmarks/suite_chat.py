@@ -16,7 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from common import Timing, row, time_side_by_side
-from models import ensure_checkpoints, load_our_processor, load_ours, load_upstream_processor, upstream_twin
+from models import load_side_by_side
 from suite_generation import TokenClock
 from suite_preprocess import photo
 from transformers_dsvl.chat import ChatSession
@@ -41,11 +41,7 @@ class VocabularyLimit(LogitsProcessor):
 
 
 def run(args, log=print) -> list[dict]:
-    our_dir, their_dir = ensure_checkpoints(args.cache_dir, args.smoke, log)
-    ours = load_ours(our_dir)
-    processor = load_our_processor(our_dir)
-    theirs = upstream_twin(ours)
-    their_processor = load_upstream_processor(their_dir)
+    ours, processor, theirs, their_processor = load_side_by_side(args, log)
     new_tokens = args.new_tokens
     clock = TokenClock()
     generate_kwargs = dict(

@@ -16,7 +16,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from common import Timing, count_flops, row, time_side_by_side
-from models import ensure_checkpoints, load_our_processor, load_ours, load_upstream_processor, upstream_twin
+from models import load_side_by_side
 from suite_preprocess import photo
 
 SUITE = "generation"
@@ -49,11 +49,7 @@ def language_model_bytes(model) -> int:
 
 
 def run(args, log=print) -> list[dict]:
-    our_dir, their_dir = ensure_checkpoints(args.cache_dir, args.smoke, log)
-    ours = load_ours(our_dir)
-    processor = load_our_processor(our_dir)
-    theirs = upstream_twin(ours)
-    their_processor = load_upstream_processor(their_dir)
+    ours, processor, theirs, their_processor = load_side_by_side(args, log)
     prompt = one_image_prompt(processor)
     new_tokens = args.new_tokens
     rows = []
