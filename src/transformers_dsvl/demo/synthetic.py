@@ -123,10 +123,11 @@ class Scene:
 
     def caption(self) -> str:
         if self.kind == "shapes":
-            noun = self.shape if self.count == 1 else f"{self.shape}s"
+            # "circle shapes", not "circles": the shape is one token in every caption, which the towers' warm-up
+            # (caption-token prediction) then learns from every shape image rather than half of them.
             if self.count == 1:
-                return f"One {self.colour} {noun} on the {self.position}."
-            return f"{COUNT_WORDS[self.count - 1].capitalize()} {self.colour} {noun}."
+                return f"One {self.colour} {self.shape} on the {self.position}."
+            return f"{COUNT_WORDS[self.count - 1].capitalize()} {self.colour} {self.shape} shapes."
         if self.kind == "text":
             what = "number" if self.text in DIGITS else "word"
             return f"The {what} {self.text} written in ink."
@@ -150,8 +151,8 @@ def _draw_shape(draw: PIL.ImageDraw.ImageDraw, shape: str, centre: tuple[float, 
     if shape == "circle":
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
     elif shape == "square":
-        side = radius * 0.9
-        draw.rectangle([x - side, y - side, x + side, y + side], fill=fill)
+        # The circle's bounding box, so the two differ by their corners rather than size or place.
+        draw.rectangle([x - radius, y - radius, x + radius, y + radius], fill=fill)
     else:
         draw.polygon([(x, y - radius), (x - radius, y + radius * 0.8), (x + radius, y + radius * 0.8)], fill=fill)
 
@@ -177,26 +178,27 @@ def _render_shapes(rng: random.Random) -> tuple[PIL.Image.Image, Scene]:
     if scene.count == 1:
         scene.position = rng.choice(POSITIONS)
         # Along the short axis a side is only clear for a smaller shape.
-        radius = short * rng.uniform(0.15, 0.2)
+        radius = short * rng.uniform(0.2, 0.25)
         centres = [_position_centre(scene.position, width, height, radius, rng)]
     else:
-        radius = short * rng.uniform(0.13, 0.17)
-        centres = _non_overlapping_centres(rng, scene.count, width, height, radius)
+        radius = short * rng.uniform(0.17, 0.21)
+        centres, radius = _non_overlapping_centres(rng, scene.count, width, height, radius)
     for centre in centres:
         _draw_shape(draw, scene.shape, centre, radius, COLOURS[scene.colour])
     return image, scene
 
 
-def _non_overlapping_centres(rng, count, width, height, radius) -> list[tuple[float, float]]:
-    margin = radius * 1.1
+def _non_overlapping_centres(rng, count, width, height, radius) -> tuple[list[tuple[float, float]], float]:
+    """`count` centres whose shapes of `radius` do not touch, and that radius (shrunk if the canvas is crowded)."""
     for _ in range(200):
-        centres = []
+        margin, centres = radius * 1.1, []
         for _ in range(200):
             candidate = (rng.uniform(margin, width - margin), rng.uniform(margin, height - margin))
-            if all(math.dist(candidate, other) > 2.4 * radius for other in centres):
+            # Bounding boxes apart (with a gap), which keeps squares apart as well as circles and triangles.
+            if all(max(abs(candidate[0] - x), abs(candidate[1] - y)) > 2.3 * radius for x, y in centres):
                 centres.append(candidate)
                 if len(centres) == count:
-                    return centres
+                    return centres, radius
         radius *= 0.9  # a crowded canvas: shrink and retry (deterministic, the stream is the same)
     raise RuntimeError("could not place the shapes")  # unreachable for the sizes above
 
@@ -215,7 +217,7 @@ def _render_text(rng: random.Random) -> tuple[PIL.Image.Image, Scene]:
     text = rng.choice(DIGITS) if rng.random() < 0.5 else rng.choice(WORDS)
     draw = PIL.ImageDraw.Draw(image)
     # Large enough to survive the processor's resize to the towers' sizes, with room to move around.
-    size = int(min(height * rng.uniform(0.5, 0.65), width / (0.62 * len(text) + 0.3)))
+    size = int(min(height * rng.uniform(0.7, 0.85), width / (0.62 * len(text) + 0.3)))
     font = _font(max(size, 10))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=max(1, size // 25))
     text_w, text_h = right - left, bottom - top
@@ -249,9 +251,9 @@ def _render_chart(rng: random.Random) -> tuple[PIL.Image.Image, Scene]:
 
 
 RENDERERS = {"shapes": _render_shapes, "text": _render_text, "chart": _render_chart}
-# Captions: reading glyphs is the slowest thing for the towers to learn and bar charts the fastest, so text images
-# get a larger share than their two question types alone would ask for, charts a smaller one.
-KIND_WEIGHTS = {"shapes": 0.5, "text": 0.4, "chart": 0.1}
+# Captions: shapes carry four question types and the finest detail (a square's corners against a circle), glyphs are
+# slow for the towers to learn, bar charts fast: charts get a small share.
+KIND_WEIGHTS = {"shapes": 0.55, "text": 0.35, "chart": 0.1}
 
 
 def example_rng(seed: int, split: str, index: int) -> random.Random:
