@@ -12,7 +12,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--output-dir", default="dsvl-demo",
                         help="where data, plots and the checkpoint (OUTPUT_DIR/model) go (default: ./dsvl-demo)")
     parser.add_argument("--preset", default="full", choices=sorted(DemoSettings.PRESETS),
-                        help="full: the documented run (about 10 minutes on 2 cores); quick: a short smoke run")
+                        help="full: the documented run (about 9 minutes on 2 cores); "
+                             "quick: the test suite's 90-second variant")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
@@ -27,6 +28,8 @@ def main_demo(args: argparse.Namespace) -> int:
     result = run_demo(settings)
     print(f"\nHeld-out accuracy ({len(result.scores.predictions)} questions on unseen images):\n")
     print(result.scores.table())
+    print(f"\nTrue answers' loss (nats per answer): {result.reliance['answer_loss_with_images']:.3f} with the images, "
+          f"{result.reliance['answer_loss_with_blank_images']:.3f} with blank images.")
     print("\nThrough pipeline('image-text-to-text'):")
     for example in result.examples:
         print(f"  Q: {example['question']}\n  A: {example['answer']!r}   (truth: {example['truth']})")

@@ -1,11 +1,12 @@
-"""Held-out evaluation of the demo model: accuracy per question type next to chance, and examples answered through
-`pipeline("image-text-to-text")`."""
+"""Held-out evaluation of the demo model: accuracy per question type next to chance, the answers' loss with and
+without the image (does the model read it?), and examples answered through `pipeline("image-text-to-text")`."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
@@ -92,6 +93,62 @@ def score_held_out(model, processor, test, batch_size: int = 50) -> HeldOutScore
     )
 
 
+def blank_like(image):
+    """A light-grey canvas of the image's size: the same prompt with nothing to see."""
+    return PIL.Image.new("RGB", image.size, (240, 240, 240))
+
+
+@torch.no_grad()
+def answer_loss(model, processor, images, questions, answers, batch_size: int = 50) -> float:
+    """Mean cross-entropy (nats, summed over an answer's tokens) of the true answers, each the assistant turn as the
+    chat template writes it, teacher forced after its question. Compared with the same questions on `blank_like`
+    images it shows whether the model reads the image: a broken vision path gives the same loss both ways."""
+    model.eval()
+    tokenizer = processor.tokenizer
+    total = 0.0
+    for start in range(0, len(questions), batch_size):
+        batch_questions = questions[start:start + batch_size]
+        prompts, suffixes = [], []
+        for question, answer in zip(batch_questions, answers[start:start + batch_size]):
+            prompt = processor.apply_chat_template(user_turn(None, question), add_generation_prompt=True)
+            full = processor.apply_chat_template(
+                user_turn(None, question) + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+            if not full.startswith(prompt):
+                raise ValueError("The chat template does not extend the generation prompt with the answer.")
+            prompts.append(prompt)
+            suffixes.append(tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"])
+        inputs = processor(text=prompts, images=[[image] for image in images[start:start + batch_size]],
+                           padding=True, padding_side="left", return_tensors="pt")
+        # Prompts are left-padded to one length, so every answer starts at the same position.
+        width = max(len(ids) for ids in suffixes)
+        answer_ids = torch.full((len(suffixes), width), tokenizer.pad_token_id)
+        answer_mask = torch.zeros(len(suffixes), width, dtype=torch.long)
+        for row, ids in enumerate(suffixes):
+            answer_ids[row, :len(ids)] = torch.tensor(ids)
+            answer_mask[row, :len(ids)] = 1
+        labels = torch.cat([torch.full_like(inputs["input_ids"], -100), answer_ids.masked_fill(answer_mask == 0, -100)],
+                           dim=1)
+        batch = dict(inputs)
+        batch["input_ids"] = torch.cat([inputs["input_ids"], answer_ids], dim=1)
+        batch["attention_mask"] = torch.cat([inputs["attention_mask"], answer_mask], dim=1)
+        logits = model(**batch).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                                   reduction="sum").item()
+    return total / len(questions)
+
+
+def image_reliance(model, processor, test, batch_size: int = 50) -> dict[str, float]:
+    """Held-out answer loss with the real images and with blank ones (see `answer_loss`)."""
+    questions, answers = list(test["question"]), list(test["answer"])
+    images = list(test["image"])
+    return {
+        "answer_loss_with_images": answer_loss(model, processor, images, questions, answers, batch_size),
+        "answer_loss_with_blank_images": answer_loss(model, processor, [blank_like(image) for image in images],
+                                                     questions, answers, batch_size),
+    }
+
+
 def pipeline_examples(model, processor, test, per_type: int = 1, max_new_tokens: int = 4) -> list[dict]:
     """Answer `per_type` held-out questions of each type through `pipeline("image-text-to-text")`."""
     from transformers import pipeline
@@ -111,4 +168,14 @@ def pipeline_examples(model, processor, test, per_type: int = 1, max_new_tokens:
     return examples
 
 
-__all__ = ["HeldOutScores", "answer_questions", "first_word", "pipeline_examples", "score_held_out", "user_turn"]
+__all__ = [
+    "HeldOutScores",
+    "answer_loss",
+    "answer_questions",
+    "blank_like",
+    "first_word",
+    "image_reliance",
+    "pipeline_examples",
+    "score_held_out",
+    "user_turn",
+]

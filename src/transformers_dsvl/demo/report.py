@@ -30,8 +30,8 @@ def plot_loss_curve(losses: list[tuple[int, float]], title: str, path: str | Pat
     return path
 
 
-def render_model_card(*, phases: list[dict], scores, examples: list[dict], settings: dict, wall_seconds: float,
-                      peak_rss_gib: float | None, parameters: int) -> str:
+def render_model_card(*, phases: list[dict], scores, reliance: dict[str, float], examples: list[dict], settings: dict,
+                      wall_seconds: float, peak_rss_gib: float | None, parameters: int) -> str:
     """README.md of the demo checkpoint: what it is, how it was trained, and the run's held-out results."""
     phase_rows = "\n".join(
         f"| {p['name']} | {p['trains']} | {p['steps']} | {p['seconds']:.0f} s | {p['final_loss']:.3f} |" for p in phases
@@ -83,6 +83,10 @@ The warm-ups stand in for the pretrained DeepSeek-LLM, SigLIP-L and SAM-B that t
 against the truth); chance is one over the number of possible answers of each type.
 
 {scores.table()}
+
+Does it read the image? The true answers' loss (teacher forced, nats per answer) is
+{reliance['answer_loss_with_images']:.3f} with the held-out images and {reliance['answer_loss_with_blank_images']:.3f}
+with the same questions on blank images.
 
 Examples answered through `pipeline("image-text-to-text")`:
 

@@ -6,12 +6,14 @@ data the project generates itself, then evaluated on held-out images and asked q
 Phases (each prints a progress bar; each writes a loss-curve PNG under `output_dir/plots`):
 
 0. data: `synthetic.py` -> `datasets` folders under `output_dir/data`; a byte-level BPE tokenizer trained on it.
-1. warm-ups for what the paper takes pretrained: the LLM on the text corpus, the two vision towers contrastively.
+1. warm-ups for what the paper takes pretrained: the LLM on the text corpus, the two vision towers on
+   caption-token prediction.
 2. stage 1 (aligner only), stage 2 (LLM + aligner + SAM neck on text and captions, one modality per batch, text-heavy
    first), stage 3 (SFT with TRL on conversations): all through `training.run_stage`, the code `dsvl train` runs.
-3. held-out accuracy per question type next to chance; a few held-out questions through
-   `pipeline("image-text-to-text")`; the checkpoint (remote code, processor, model card with the metrics) is moved
-   into `output_dir/model` only when complete.
+3. held-out accuracy per question type next to chance, and the true answers' loss with the images and with blank
+   ones (does the model read the image?); a few held-out questions through `pipeline("image-text-to-text")`; the
+   checkpoint (remote code, processor, model card with the metrics) is moved into `output_dir/model` only when
+   complete.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..tokenization_dsvl import prepare_tokenizer, train_tokenizer
 from ..training.config import StageConfig
 from ..training.recipe import run_stage
 from .data import DemoDataSizes, build_datasets, tokenizer_corpus
-from .evaluation import pipeline_examples, score_held_out
+from .evaluation import image_reliance, pipeline_examples, score_held_out
 from .pretraining import pretrain_language_model, pretrain_vision_towers
 from .report import plot_loss_curve, render_model_card
 
@@ -61,15 +63,15 @@ class DemoSettings:
     high_res_layers: int = 4
     # Steps, batch sizes and learning rates of each phase.
     language_warmup_steps: int = 200
-    vision_warmup_steps: int = 1200
+    vision_warmup_steps: int = 3200
     stage1_steps: int = 200
     stage2_steps: int = 300
-    stage3_steps: int = 1300
+    stage3_steps: int = 1450
     batch_size: int = 32
     sft_batch_size: int = 16
-    vision_warmup_batch_size: int = 64
+    vision_warmup_batch_size: int = 16
     language_warmup_lr: float = 3e-3
-    vision_warmup_lr: float = 2e-3
+    vision_warmup_lr: float = 3e-3
     stage1_lr: float = 3e-3
     stage2_lr: float = 1e-3
     stage3_lr: float = 1e-3
@@ -82,7 +84,8 @@ class DemoSettings:
         "full": {},
         "quick": dict(
             data=DemoDataSizes(captions=1500, text=600, conversations=1500, test=210),
-            language_warmup_steps=60, vision_warmup_steps=120, stage1_steps=30, stage2_steps=40, stage3_steps=240,
+            language_warmup_steps=60, vision_warmup_steps=300, stage1_steps=60, stage2_steps=120, stage3_steps=200,
+            batch_size=16, stage3_lr=2e-3,
         ),
     }
 
@@ -140,6 +143,7 @@ class DemoResult:
     output_dir: Path
     model_dir: Path
     scores: object
+    reliance: dict[str, float]  # held-out answer loss with the images and with blank ones
     examples: list[dict]
     phases: list[dict]
     wall_seconds: float
@@ -256,16 +260,18 @@ def _run_demo(settings: DemoSettings, log) -> DemoResult:
     # -- evaluation ------------------------------------------------------------------------------------------------
     log(f"[eval] {len(data['test'])} held-out questions")
     scores = score_held_out(model, processor, data["test"])
+    reliance = image_reliance(model, processor, data["test"])
     examples = pipeline_examples(model, processor, data["test"], per_type=settings.examples_per_type)
 
     wall, rss = time.perf_counter() - start, peak_rss_gib()
     with atomic_output_directory(output_dir / "model", overwrite=settings.overwrite) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        card = render_model_card(phases=phases, scores=scores, examples=examples, settings=settings.to_dict(),
+        card = render_model_card(phases=phases, scores=scores, reliance=reliance, examples=examples,
+                                 settings=settings.to_dict(),
                                  wall_seconds=wall, peak_rss_gib=rss, parameters=parameters)
         (staging / "README.md").write_text(card)
-        metrics = {"held_out": scores.to_dict(), "wall_seconds": wall, "peak_rss_gib": rss,
+        metrics = {"held_out": {**scores.to_dict(), **reliance}, "wall_seconds": wall, "peak_rss_gib": rss,
                    "phases": [{k: v for k, v in p.items() if k != "series"} for p in phases],
                    "settings": settings.to_dict()}
         (staging / "demo_metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
@@ -273,7 +279,8 @@ def _run_demo(settings: DemoSettings, log) -> DemoResult:
         "".join(json.dumps(p) + "\n" for p in scores.predictions))
     for stage in (1, 2, 3):  # the trainers' own outputs; the final model is output_dir/model, the data stay
         shutil.rmtree(work / f"stage{stage}", ignore_errors=True)
-    return DemoResult(output_dir=output_dir, model_dir=output_dir / "model", scores=scores, examples=examples,
+    return DemoResult(output_dir=output_dir, model_dir=output_dir / "model", scores=scores, reliance=reliance,
+                      examples=examples,
                       phases=phases, wall_seconds=wall, peak_rss_gib=rss)
 
 
