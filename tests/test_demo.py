@@ -141,6 +141,16 @@ def test_first_word(answer, word):
     assert first_word(answer) == word
 
 
+def test_answer_loss_refuses_misaligned_or_empty_inputs():
+    from transformers_dsvl.demo.evaluation import answer_loss, blank_like
+
+    image = blank_like(synthetic.test_example(0, 0)["image"])
+    with pytest.raises(ValueError, match="one image and one answer per question; got 1 images, 2 questions"):
+        answer_loss(None, None, [image], ["What colour is the shape?", "Count the shapes."], ["red"])
+    with pytest.raises(ValueError, match="at least one question"):
+        answer_loss(None, None, [], [], [])
+
+
 def test_settings_validate():
     with pytest.raises(ValueError, match="stage3_steps"):
         DemoSettings(stage3_steps=0)

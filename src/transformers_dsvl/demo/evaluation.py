@@ -103,6 +103,11 @@ def answer_loss(model, processor, images, questions, answers, batch_size: int = 
     """Mean cross-entropy (nats, summed over an answer's tokens) of the true answers, each the assistant turn as the
     chat template writes it, teacher forced after its question. Compared with the same questions on `blank_like`
     images it shows whether the model reads the image: a broken vision path gives the same loss both ways."""
+    if not len(images) == len(questions) == len(answers):
+        raise ValueError(f"answer_loss needs one image and one answer per question; got {len(images)} images, "
+                         f"{len(questions)} questions and {len(answers)} answers.")
+    if not questions:
+        raise ValueError("answer_loss needs at least one question.")
     model.eval()
     tokenizer = processor.tokenizer
     total = 0.0
