@@ -309,6 +309,52 @@ def test_assistant_mask_marks_exactly_the_answers_and_their_eos(processor, paddi
         assert marked_text == "".join(" " + answer + EOS for answer in answers[row])
 
 
+def test_vectorised_assistant_mask_equals_the_per_token_rule(processor):
+    """The processor's `_adjust_assistant_masks_indices` (transformers 5.x calls it) against the rule it replaces,
+    written token by token: a token is marked when its characters overlap a generation span, spans shifted past
+    expanded placeholders; zero-width tokens (padding, specials) are never marked."""
+    import bisect
+    import random
+
+    rng = random.Random(0)
+    samples, spans, replacements = [], [], []
+    for _ in range(20):
+        offsets, position = [], 0
+        for _ in range(rng.randrange(1, 40)):
+            width = rng.choice([0, 1, 2, 5])
+            offsets.append((position, position + width))
+            position += width + rng.choice([0, 0, 1])
+        offsets += [(0, 0)] * rng.randrange(0, 4)  # padding
+        samples.append(offsets)
+        spans.append([sorted(rng.sample(range(position + 3), 2)) for _ in range(rng.randrange(0, 3))])
+        ends = sorted(rng.sample(range(1, position + 2), min(position + 1, rng.randrange(0, 3))))
+        replacements.append([{"span": (end - 1, end), "new_span": (end - 1, end + rng.randrange(0, 4))} for end in ends])
+
+    def reference(offsets, sample_spans, sample_replacements):
+        placeholder_ends = [r["span"][1] for r in sample_replacements]
+        gained = [0] + [r["new_span"][1] - r["span"][1] for r in sample_replacements]
+        mask = [0] * len(offsets)
+        for span in sample_spans:
+            start, end = (c + gained[bisect.bisect_right(placeholder_ends, c)] for c in span)
+            for position, (token_start, token_end) in enumerate(offsets):
+                if token_start < end and token_end > start:
+                    mask[position] = 1
+        return mask
+
+    for given in (replacements, None):
+        processed = {
+            "input_ids": [[1] * len(offsets) for offsets in samples],
+            "offset_mapping": [torch.tensor(offsets) for offsets in samples],
+        }
+        if given is not None:
+            processed["text_replacement_offsets"] = given
+        out = processor._adjust_assistant_masks_indices(processed, spans)
+        assert "offset_mapping" not in out and "text_replacement_offsets" not in out
+        expected = [reference(o, s, r) for o, s, r in zip(samples, spans, given or [[]] * len(samples))]
+        assert out["assistant_masks"] == expected
+        assert sum(map(sum, expected)) > 0
+
+
 def _processor_kwargs(kwargs: dict) -> dict:
     """transformers >= 5.4 takes processor kwargs in `processor_kwargs`, older versions as plain keywords."""
     import transformers

@@ -15,6 +15,7 @@ numpy, torch, transformers and the sibling files `image_processing_dsvl.py` and 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Sequence
@@ -541,6 +542,31 @@ class DeepSeekVLProcessor(ProcessorMixin):
             if isinstance(processor_kwargs, dict):
                 kwargs["processor_kwargs"] = {k: v for k, v in processor_kwargs.items() if k != "add_special_tokens"}
         return super().apply_chat_template(_with_list_contents(conversation), chat_template=chat_template, **kwargs)
+
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
+        """`ProcessorMixin`'s assistant mask (transformers 5.x), the same mask computed per span on whole tensors:
+        its loop over every token of every sample was half the time of a TRL SFT batch (about 20 ms of 40)."""
+        offset_mapping = processed_dict.pop("offset_mapping")
+        input_ids = processed_dict["input_ids"]
+        replacement_offsets = processed_dict.pop("text_replacement_offsets", None)
+        if replacement_offsets is None or len(replacement_offsets) == 0:
+            replacement_offsets = [[]] * len(input_ids)
+        assistant_masks = []
+        for i in range(len(input_ids)):
+            offsets = torch.as_tensor(np.asarray(offset_mapping[i], dtype=np.int64)).reshape(-1, 2)
+            token_starts, token_ends = offsets[:, 0], offsets[:, 1]
+            mask = torch.zeros(len(input_ids[i]), dtype=torch.bool)
+            placeholder_ends = [r["span"][1] for r in replacement_offsets[i]]
+            chars_gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacement_offsets[i]]
+            for span in generation_indices[i]:
+                # Shift the span past any placeholders expanded before it; zero-width tokens never overlap it.
+                start_char, end_char = (
+                    char + chars_gained[bisect.bisect_right(placeholder_ends, char)] for char in span
+                )
+                mask[: len(token_starts)] |= (token_starts < end_char) & (token_ends > start_char)
+            assistant_masks.append(mask.to(torch.int64).tolist())
+        processed_dict["assistant_masks"] = assistant_masks
+        return processed_dict
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
         """Decode generated ids: a batch (2-D) gives a list of strings, one sequence (1-D) a string."""
