@@ -96,6 +96,33 @@ def test_sft_labels_are_the_answers_and_their_eos(processor):
     assert "Count to two" not in _trained_text(tokenizer, batch["input_ids"][1], batch["labels"][1])
 
 
+def test_sft_truncation_that_removes_an_answer(processor):
+    """max_length cuts a conversation inside or before its second answer: the batch is the whole conversation's batch
+    cut at max_length (the first answer trained, what is left of the second too), on every transformers line (4.x's
+    own assistant mask raised IndexError when a whole answer was cut); cutting into an image is refused by name."""
+    conversation = {"messages": [user({"type": "image"}, "What is it?"), assistant("A red square."),
+                                 user("And the other one, the larger one?"), assistant("A blue circle, large.")],
+                    "images": [solid_image(3)]}
+    short = {"messages": [user("Hi"), assistant("Hello.")]}
+    whole = DeepSeekVLSFTCollator(processor=processor, assistant_only_loss=True)([conversation, short])
+    length = int(whole["attention_mask"][0].sum())
+    answer_positions = (whole["labels"][0] != -100).nonzero().flatten().tolist()
+    second_answer = next(b for a, b in zip(answer_positions, answer_positions[1:]) if b > a + 1)
+    for max_length in (answer_positions[-1] - 1, second_answer + 1, second_answer - 2, length):
+        batch = DeepSeekVLSFTCollator(processor=processor, max_length=max_length, assistant_only_loss=True)(
+            [conversation, short])
+        assert batch["input_ids"].shape == (2, max_length)
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(batch[key], whole[key][:, :max_length]), (key, max_length)
+        assert torch.equal(batch["high_res_pixel_values"], whole["high_res_pixel_values"])
+    trained = _trained_text(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert trained.startswith(" A red square." + EOS)
+    first_image_token = int((whole["input_ids"][0] == IMAGE_ID).nonzero()[0])
+    with pytest.raises(ValueError, match="would cut image tokens"):
+        DeepSeekVLSFTCollator(processor=processor, max_length=first_image_token + 3, assistant_only_loss=True)(
+            [conversation, short])
+
+
 def test_sft_collator_masks_image_tokens_even_without_assistant_only_loss(processor):
     examples = [{"messages": [user({"type": "image"}, "What?"), assistant("Red.")], "images": [solid_image(5)]}]
     batch = DeepSeekVLSFTCollator(processor=processor, assistant_only_loss=False)(examples)

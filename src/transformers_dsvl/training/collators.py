@@ -9,10 +9,12 @@ Batches are right-padded (the processor's left padding is for generation).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.processing_utils import ProcessorMixin
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from .data import clean_messages, with_image_placeholders
@@ -112,6 +114,10 @@ class DeepSeekVLSFTCollator(DataCollatorForVisionLanguageModeling):
     template's `{% generation %}` markers), it accepts rows straight from Parquet/JSONL (Arrow's `None` fields in
     content parts, text-only rows with no `images`), and masks image tokens in the labels whatever the loss mode, since
     TRL's fused loss does not go through the model's own label masking.
+
+    On transformers 4.x, whose assistant mask indexes past the end of a sample when truncation removed one of its
+    answers (an `IndexError` inside transformers), assistant-only batches are collated whole and then cut to
+    `max_length` on the right, exactly as the processor truncates (and with its error when an image would be cut).
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,9 +131,41 @@ class DeepSeekVLSFTCollator(DataCollatorForVisionLanguageModeling):
             if "messages" in example:
                 example["messages"] = clean_messages(example["messages"])
             prepared.append(example)
-        batch = super().torch_call(prepared)
+        truncate_after = (
+            self.assistant_only_loss
+            and self.max_length is not None
+            and not hasattr(ProcessorMixin, "_adjust_assistant_masks_indices")  # transformers 4.x
+            and self.processor.tokenizer.truncation_side == "right"
+        )
+        if truncate_after:
+            whole = dataclasses.replace(self, max_length=None)
+            batch = truncate_right(DataCollatorForVisionLanguageModeling.torch_call(whole, prepared), self.max_length,
+                                   self.processor.image_token_id)
+        else:
+            batch = super().torch_call(prepared)
         batch["labels"][batch["input_ids"] == self.processor.image_token_id] = IGNORE_INDEX
         return batch
+
+
+def truncate_right(batch: dict[str, Any], max_length: int, image_token_id: int) -> dict[str, Any]:
+    """A right-padded batch cut to `max_length` tokens, as `DeepSeekVLProcessor(truncation=True)` would have cut its
+    samples; like the processor, it refuses to cut image tokens."""
+    input_ids = batch["input_ids"]
+    if input_ids.shape[1] <= max_length:
+        return batch
+    cut_images = (input_ids[:, max_length:] == image_token_id).any(dim=1)
+    if cut_images.any():
+        row = int(cut_images.nonzero()[0])
+        needed = int((input_ids[row] == image_token_id).nonzero()[-1]) + 1
+        raise ValueError(
+            f"Truncating sample {row} to max_length={max_length} would cut image tokens. Raise max_length to at least "
+            f"{needed}, shorten the conversation, or use fewer images."
+        )
+    return {
+        key: value[:, :max_length] if torch.is_tensor(value) and value.dim() == 2 and value.shape == input_ids.shape
+        else value
+        for key, value in batch.items()
+    }
 
 
 __all__ = [
@@ -136,4 +174,5 @@ __all__ = [
     "IGNORE_INDEX",
     "example_modality",
     "text_labels",
+    "truncate_right",
 ]
