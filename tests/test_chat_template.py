@@ -328,7 +328,8 @@ def test_vectorised_assistant_mask_equals_the_per_token_rule(processor):
         samples.append(offsets)
         spans.append([sorted(rng.sample(range(position + 3), 2)) for _ in range(rng.randrange(0, 3))])
         ends = sorted(rng.sample(range(1, position + 2), min(position + 1, rng.randrange(0, 3))))
-        replacements.append([{"span": (end - 1, end), "new_span": (end - 1, end + rng.randrange(0, 4))} for end in ends])
+        replacements.append(
+            [{"span": (end - 1, end), "new_span": (end - 1, end + rng.randrange(0, 4))} for end in ends])
 
     def reference(offsets, sample_spans, sample_replacements):
         placeholder_ends = [r["span"][1] for r in sample_replacements]
