@@ -60,10 +60,15 @@ class DemoDataSizes:
         for split, size in asdict(self).items():
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"DemoDataSizes.{split} must be a positive integer, got {size!r}.")
-        if self.test % len(synthetic.QUESTION_TYPES):
+
+    def check_test_size(self, image_kinds=synthetic.IMAGE_KINDS) -> None:
+        """Every question type of `image_kinds` must get the same number of held-out questions."""
+        types = synthetic.question_types(image_kinds)
+        if self.test % len(types):
             raise ValueError(
-                f"DemoDataSizes.test={self.test} must be a multiple of {len(synthetic.QUESTION_TYPES)} so every "
-                "question type gets the same number of held-out questions."
+                f"DemoDataSizes.test={self.test} must be a multiple of {len(types)} (the question types of "
+                f"{', '.join(synthetic.check_image_kinds(image_kinds))} images) so every type gets the same number "
+                "of held-out questions."
             )
 
 
@@ -74,23 +79,30 @@ def _canonical_parts(example: dict) -> dict:
     return example
 
 
-def build_split(split: str, seed: int, size: int) -> datasets.Dataset:
-    """One split, example `i` drawn from its own random stream (`synthetic.example_rng(seed, split, i)`)."""
+def build_split(split: str, seed: int, size: int, image_kinds=synthetic.IMAGE_KINDS) -> datasets.Dataset:
+    """One split, example `i` drawn from its own random stream (`synthetic.example_rng(seed, split, i)`); images of
+    `image_kinds` only (shapes, text, chart)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown demo split {split!r}; use one of {SPLITS}.")
-    rows = [_EXAMPLES[split](seed, index) for index in range(size)]
+    kinds = synthetic.check_image_kinds(image_kinds)
+    if split == "text":
+        rows = [_EXAMPLES[split](seed, index) for index in range(size)]
+    else:
+        rows = [_EXAMPLES[split](seed, index, kinds=kinds) for index in range(size)]
     if split == "conversations":
         rows = [_canonical_parts(row) for row in rows]
     return datasets.Dataset.from_list(rows, features=FEATURES[split])
 
 
 def build_datasets(
-    directory: str | Path, seed: int, sizes: DemoDataSizes, progress=None
+    directory: str | Path, seed: int, sizes: DemoDataSizes, progress=None, image_kinds=synthetic.IMAGE_KINDS
 ) -> dict[str, datasets.Dataset]:
     """Build every split, save it under `directory/<split>` (`save_to_disk`) and return the memory-mapped copies.
 
-    `progress(split, size)` is called before each split is built.
+    `progress(split, size)` is called before each split is built; `image_kinds` narrows the images (and so the
+    question types) to some of shapes, text and chart.
     """
+    sizes.check_test_size(image_kinds)
     directory = Path(directory)
     loaded = {}
     for split in SPLITS:
@@ -98,7 +110,7 @@ def build_datasets(
         if progress is not None:
             progress(split, size)
         target = directory / split
-        build_split(split, seed, size).save_to_disk(str(target))
+        build_split(split, seed, size, image_kinds).save_to_disk(str(target))
         loaded[split] = datasets.load_from_disk(str(target))
     return loaded
 

@@ -261,10 +261,31 @@ def example_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"dsvl-demo/{seed}/{split}/{index}")
 
 
-def render_image(rng: random.Random, kind: str | None = None) -> tuple[PIL.Image.Image, Scene]:
-    """One synthetic image and its scene description; `kind` picks shapes/text/chart, else drawn by weight."""
+IMAGE_KINDS = tuple(KIND_WEIGHTS)
+KIND_OF_QUESTION = {"colour": "shapes", "shape": "shapes", "count": "shapes", "position": "shapes", "word": "text",
+                    "digit": "text", "bar": "chart"}
+
+
+def check_image_kinds(kinds) -> tuple[str, ...]:
+    """`kinds` as a tuple, or a clear error when it is empty or names an unknown kind."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if not kinds or any(kind not in KIND_WEIGHTS for kind in kinds):
+        raise ValueError(f"Image kinds must be a non-empty selection of {IMAGE_KINDS}; got {kinds!r}.")
+    return kinds
+
+
+def question_types(kinds=IMAGE_KINDS) -> tuple[str, ...]:
+    """The question types that images of `kinds` answer, in `QUESTION_TYPES` order."""
+    kinds = check_image_kinds(kinds)
+    return tuple(question_type for question_type in QUESTION_TYPES if KIND_OF_QUESTION[question_type] in kinds)
+
+
+def render_image(rng: random.Random, kind: str | None = None, kinds=IMAGE_KINDS) -> tuple[PIL.Image.Image, Scene]:
+    """One synthetic image and its scene description; `kind` picks shapes/text/chart, else drawn by weight among
+    `kinds`."""
     if kind is None:
-        kind = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
+        weights = {name: weight for name, weight in KIND_WEIGHTS.items() if name in kinds}
+        kind = rng.choices(list(weights), weights=list(weights.values()))[0]
     if kind not in RENDERERS:
         raise ValueError(f"Unknown image kind {kind!r}; use one of {sorted(RENDERERS)}.")
     return RENDERERS[kind](rng)
@@ -274,7 +295,7 @@ def render_for_question_type(rng: random.Random, question_type: str) -> tuple[PI
     """An image that can answer `question_type` (a shape scene with one shape for `position`, ...)."""
     if question_type not in QUESTION_TYPES:
         raise ValueError(f"Unknown question type {question_type!r}; use one of {QUESTION_TYPES}.")
-    kind = {"word": "text", "digit": "text", "bar": "chart"}.get(question_type, "shapes")
+    kind = KIND_OF_QUESTION[question_type]
     while True:  # rejection on the same stream stays deterministic
         image, scene = render_image(rng, kind)
         if question_type in scene.question_types():
@@ -359,9 +380,9 @@ def text_question(rng: random.Random) -> tuple[str, str]:
 
 
 # -- examples of each dataset ---------------------------------------------------------------------------------------
-def caption_example(seed: int, index: int, split: str = "captions") -> dict:
+def caption_example(seed: int, index: int, split: str = "captions", kinds=IMAGE_KINDS) -> dict:
     rng = example_rng(seed, split, index)
-    image, scene = render_image(rng)
+    image, scene = render_image(rng, kinds=kinds)
     return {"image": image, "caption": scene.caption()}
 
 
@@ -382,10 +403,13 @@ def _qa(rng: random.Random, scene: Scene, question_type: str | None = None) -> t
     return rng.choice(QUESTIONS[question_type]), scene.answer(question_type)
 
 
-def conversation_example(seed: int, index: int, split: str = "conversations") -> dict:
-    """A stage-3 conversation: mostly one image and one question, also multi-turn, two-image and text-only ones."""
+def conversation_example(seed: int, index: int, split: str = "conversations", kinds=IMAGE_KINDS) -> dict:
+    """A stage-3 conversation: mostly one image and one question, also multi-turn, two-image and text-only ones;
+    images of `kinds` only."""
     rng = example_rng(seed, split, index)
     form = rng.choices(["single", "multi_turn", "two_images", "text_only"], weights=[0.6, 0.2, 0.1, 0.1])[0]
+    if form == "two_images" and "shapes" not in kinds:
+        form = "single"  # the two-image questions are about shape scenes
     if form == "text_only":
         messages = []
         for turn in range(rng.randint(1, 2)):
@@ -402,7 +426,7 @@ def conversation_example(seed: int, index: int, split: str = "conversations") ->
         return {"images": [first, second], "messages": [_user(question, 2), _assistant(scene.answer(question_type))]}
     # The first question's type is drawn uniformly, so rare types (a single shape's position) are as frequent as
     # common ones, and the image is drawn to fit it.
-    question_type = rng.choice(QUESTION_TYPES)
+    question_type = rng.choice(question_types(kinds))
     image, scene = render_for_question_type(rng, question_type)
     question, answer = _qa(rng, scene, question_type)
     messages = [_user(question, 1), _assistant(answer)]
@@ -414,10 +438,11 @@ def conversation_example(seed: int, index: int, split: str = "conversations") ->
     return {"images": [image], "messages": messages}
 
 
-def test_example(seed: int, index: int) -> dict:
-    """A held-out question; types cycle so every type gets the same number of examples."""
+def test_example(seed: int, index: int, kinds=IMAGE_KINDS) -> dict:
+    """A held-out question about an image of `kinds`; types cycle so every type gets the same number of examples."""
     rng = example_rng(seed, "test", index)
-    question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    types = question_types(kinds)
+    question_type = types[index % len(types)]
     image, scene = render_for_question_type(rng, question_type)
     return {
         "image": image,
@@ -430,11 +455,14 @@ def test_example(seed: int, index: int) -> dict:
 __all__ = [
     "ANSWERS",
     "COLOURS",
+    "IMAGE_KINDS",
     "QUESTION_TYPES",
     "Scene",
     "caption_example",
+    "check_image_kinds",
     "conversation_example",
     "corpus_document",
+    "question_types",
     "render_image",
     "render_for_question_type",
     "test_example",
