@@ -12,7 +12,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--output-dir", default="dsvl-demo",
                         help="where data, plots and the checkpoint (OUTPUT_DIR/model) go (default: ./dsvl-demo)")
     parser.add_argument("--preset", default="full", choices=sorted(DemoSettings.PRESETS),
-                        help="full: the documented run (about 9 minutes on 2 cores); "
+                        help="full: the documented run (about 9.5 minutes on 2 cores); "
                              "quick: the test suite's 90-second variant, shape scenes only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
