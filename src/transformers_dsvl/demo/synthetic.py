@@ -80,6 +80,7 @@ QUESTIONS = {
 }
 # Questions that only make sense for some images of a kind.
 SHAPE_QUESTION_TYPES = ("colour", "shape", "count", "position")
+QUESTION_TYPES_OF_KIND = {"shapes": SHAPE_QUESTION_TYPES, "text": ("word", "digit"), "chart": ("bar",)}
 
 BACKGROUND_RANGE = (225, 255)
 TEXT_INK = ((20, 20, 20), (40, 40, 120), (110, 20, 20), (20, 90, 40))
@@ -262,8 +263,7 @@ def example_rng(seed: int, split: str, index: int) -> random.Random:
 
 
 IMAGE_KINDS = tuple(KIND_WEIGHTS)
-KIND_OF_QUESTION = {"colour": "shapes", "shape": "shapes", "count": "shapes", "position": "shapes", "word": "text",
-                    "digit": "text", "bar": "chart"}
+KIND_OF_QUESTION = {question_type: kind for kind, types in QUESTION_TYPES_OF_KIND.items() for question_type in types}
 
 
 def check_image_kinds(kinds) -> tuple[str, ...]:
