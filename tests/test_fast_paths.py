@@ -5,6 +5,8 @@
 - SAM window blocks: q/k/v are projected for the real tokens only and the padding gets the qkv bias, the output
   projection runs after cropping; plain path: the original's zero-padded windows through both projections.
 - SAM MLP: GELU in place outside autograd; plain path: the out-of-place activation.
+- Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
+  (`OneDNNLinear`); plain path: `F.linear`.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
 - Image preprocessing: the processor's batched table-lookup path is bit-identical to the original's per-image
   arithmetic (`process_one`), with one and with several threads.
@@ -20,10 +22,10 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import random_images, randomize_, tiny_model
+from model_helpers import prompt_ids, random_images, randomize_, tiny_model
 from processor_helpers import noise_rgb, tiny_image_processor
 
-from transformers_dsvl import modeling_dsvl_sam
+from transformers_dsvl import modeling_dsvl_sam, onednn_linear
 from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
@@ -36,7 +38,11 @@ from transformers_dsvl.modeling_dsvl_sam import (
     window_partition,
     window_unpartition,
 )
-
+from transformers_dsvl.onednn_linear import (
+    OneDNNLinear,
+    onednn_applies,
+    route_linears_through_onednn,
+)
 
 TOLERANCE = 1e-4
 
@@ -145,7 +151,8 @@ def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
         if index == config.global_feature_layer:
             global_features = hidden
     plain = plain_tower.resize_and_downsample(plain_tower.neck(hidden))
-    plain = plain + plain_tower.global_alpha * plain_tower.resize_and_downsample(plain_tower.global_neck(global_features))
+    global_branch = plain_tower.resize_and_downsample(plain_tower.global_neck(global_features))
+    plain = plain + plain_tower.global_alpha * global_branch
     plain = plain.flatten(2).transpose(1, 2).detach()
     monkeypatch.setattr(modeling_dsvl_sam, "SDPA_BIAS_CHUNK_BYTES", 16 * 2**10)  # several chunks per global block
     with torch.inference_mode():
@@ -162,6 +169,88 @@ def test_model_image_features_fast_equals_plain():
     plain = plain_model.get_image_features(high_res_pixel_values=images).detach()
     with torch.inference_mode():
         fast = fast_model.get_image_features(high_res_pixel_values=images)
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+# -- linear layers through oneDNN ---------------------------------------------------------------------------------
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Counts the calls that reach the oneDNN kernel (and still runs it)."""
+    if onednn_linear.ONEDNN_LINEAR is None:
+        pytest.fail("this torch build has no oneDNN linear operator (torch.ops.mkldnn._linear_pointwise); the project "
+                    "pins torch 2.13.0 CPU, which has it")
+    calls = []
+    kernel = onednn_linear.ONEDNN_LINEAR
+
+    def counting_kernel(*args):
+        calls.append(args[0].shape)
+        return kernel(*args)
+
+    monkeypatch.setattr(onednn_linear, "ONEDNN_LINEAR", counting_kernel)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_onednn_linear_equals_f_linear(bias, onednn_calls):
+    generator = torch.Generator().manual_seed(0)
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(320, 96, bias=bias)))[0]
+    assert type(layer) is OneDNNLinear
+    randomize_(layer, 0)
+    inputs = [
+        torch.randn(7, 320, generator=generator),  # 2-D
+        torch.randn(2, 5, 320, generator=generator),  # batch x sequence
+        torch.randn(3, 320, 4, generator=generator).transpose(1, 2),  # not contiguous
+        torch.randn(1, 320, generator=generator),  # one token (decoding)
+        torch.randn(0, 320, generator=generator),  # empty
+    ]
+    with torch.inference_mode():
+        for hidden in inputs:
+            expected = F.linear(hidden, layer.weight, layer.bias)
+            torch.testing.assert_close(layer(hidden), expected, atol=TOLERANCE, rtol=TOLERANCE)
+    assert len(onednn_calls) == len(inputs)
+    with torch.no_grad():
+        layer(inputs[0])
+    assert len(onednn_calls) == len(inputs) + 1
+
+
+def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls, monkeypatch):
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0]
+    hidden = torch.randn(4, 16)
+    # Training: the plain path, exactly, with gradients.
+    output = layer(hidden)
+    assert torch.equal(output, F.linear(hidden, layer.weight, layer.bias))
+    output.sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+    with torch.no_grad():
+        assert torch.equal(layer.double()(hidden.double()), F.linear(hidden.double(), layer.weight, layer.bias))
+        assert not onednn_applies(hidden.bfloat16(), layer.weight, None)
+    assert onednn_calls == []
+    # Frozen weights but an input that needs a gradient (e.g. an adapter below): still autograd, still F.linear.
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].requires_grad_(False)
+    assert not onednn_applies(hidden.requires_grad_(), layer.weight, layer.bias)
+    monkeypatch.setattr(onednn_linear, "ENABLED", False)  # DSVL_ONEDNN_LINEAR=0
+    with torch.no_grad():
+        layer(hidden)
+    assert onednn_calls == []
+
+
+@pytest.mark.parametrize("variant", ["tiny", "tiny-hybrid"])
+def test_every_model_linear_runs_through_onednn_with_the_same_outputs(variant, onednn_calls, monkeypatch):
+    model = tiny_model(variant, attn_implementation="sdpa")
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert linears and all(type(module) is OneDNNLinear for module in linears)  # SigLIP, LLaMA, head, aligner, SAM
+    images = random_images(model.config, 2)
+    pixels = {"high_res_pixel_values": images} if model.config.is_hybrid else {"pixel_values": images}
+    input_ids = torch.tensor([prompt_ids(model.config, [17, 23], 1, [9, 40])] * 2)
+    with torch.inference_mode():
+        fast = model(input_ids=input_ids, **pixels).logits
+    assert len(onednn_calls) >= len(linears)
+    monkeypatch.setattr(onednn_linear, "ENABLED", False)
+    calls_before = len(onednn_calls)
+    with torch.inference_mode():
+        plain = model(input_ids=input_ids, **pixels).logits
+    assert len(onednn_calls) == calls_before
+    assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 
 

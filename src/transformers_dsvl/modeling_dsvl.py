@@ -19,6 +19,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig
 from .modeling_dsvl_sam import DeepSeekVLSamVisionModel, init_sam_weights
+from .onednn_linear import route_linears_through_onednn
 
 try:  # transformers 5.x: init functions that leave loaded weights alone
     from transformers import initialization as weight_init
@@ -158,6 +159,10 @@ class DeepSeekVLPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         std = self.config.text_config.initializer_range
         init_sam_weights(module, std, weight_init)
+
+    def post_init(self):
+        super().post_init()
+        route_linears_through_onednn(self)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if getattr(self, "_auto_class", None) is not None:
