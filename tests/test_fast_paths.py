@@ -1,10 +1,10 @@
 """Every performance optimisation keeps outputs within 1e-4 of the plain path it replaces.
 
 - SAM attention, `sdpa`: the relative-position bias is built per chunk of query rows (into one reused buffer outside
-  autograd) instead of densely; plain path: the original's arithmetic (eager, dense bias).
-- SAM window blocks: q/k/v are projected for the real tokens only and the padding gets the qkv bias, the output
-  projection runs after cropping; plain path: the original's zero-padded windows through both projections.
-- SAM MLP: GELU in place outside autograd; plain path: the out-of-place activation.
+  autograd) instead of densely; outside autograd the global blocks run `onednn_attention` (per head and chunk of
+  rows, products through oneDNN); plain path: the original's arithmetic (eager, dense bias).
+- SAM attention: q, k and v as three products with thirds of the fused qkv weight; plain path: the fused product.
+- SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation.
 - Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
   (`OneDNNLinear`); plain path: `F.linear`.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
@@ -33,6 +33,8 @@ from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamVisionModel,
     chunked_sdpa,
     dense_relative_bias,
+    onednn_attention,
+    onednn_attention_applies,
     relative_position_terms,
     sam_eager_attention_forward,
     window_partition,
@@ -83,6 +85,20 @@ def test_chunked_sdpa_equals_the_dense_eager_attention(chunk_bytes, monkeypatch)
     assert all(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 10 * 81 * 4, 2**30], ids=["1-row", "10-rows", "whole"])
+def test_onednn_attention_equals_the_dense_eager_attention(chunk_bytes, monkeypatch):
+    query, key, value, rel_h, rel_w = random_attention_inputs()  # 2 samples, 3 heads, 81 queries
+    scaling = query.shape[-1] ** -0.5
+    plain, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, dense_relative_bias(rel_h, rel_w),
+                                           scaling)
+    monkeypatch.setattr(modeling_dsvl_sam, "ONEDNN_SCORES_CHUNK_BYTES", chunk_bytes)
+    with torch.inference_mode():
+        assert onednn_attention_applies(query, key)
+        fast = onednn_attention(query, key, value, rel_h, rel_w, scaling)
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    assert not onednn_attention_applies(query.requires_grad_(), key)  # training keeps sdpa (it has a backward)
+
+
 def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: torch.Tensor) -> torch.Tensor:
     """The original block's attention: zero-pad the map, cut windows, project every padded token, attend, project,
     crop (eager arithmetic)."""
@@ -100,7 +116,7 @@ def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: tor
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("qkv_bias", [True, False])
-def test_window_attention_on_real_tokens_equals_projecting_the_padding(implementation, qkv_bias):
+def test_window_attention_equals_the_original(implementation, qkv_bias):
     config = small_sam_config(qkv_bias=qkv_bias)
     config._attn_implementation = implementation
     module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).eval()
@@ -114,14 +130,22 @@ def test_window_attention_on_real_tokens_equals_projecting_the_padding(implement
         assert (fast - plain).abs().max() <= 1e-6
 
 
-def test_in_place_gelu_equals_the_plain_mlp():
+@pytest.mark.parametrize("chunk_bytes", [2**30, 20 * 192 * 4], ids=["whole", "3-chunks"])
+def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, monkeypatch):
+    monkeypatch.setattr(modeling_dsvl_sam, "MLP_CHUNK_BYTES", chunk_bytes)  # 50 tokens of 192 hidden floats
     config = small_sam_config()
     mlp = randomize_(DeepSeekVLSamMLP(config)).eval()
     hidden_states = torch.randn(2, 5, 5, config.hidden_size)
     plain = mlp.lin2(mlp.act(mlp.lin1(hidden_states)))
+    calls = []
+    monkeypatch.setattr(mlp.lin1, "forward", lambda tokens: calls.append(tokens.shape) or type(mlp.lin1).forward(
+        mlp.lin1, tokens))
     with torch.inference_mode():
         fast = mlp(hidden_states)
-    assert torch.equal(fast, plain.detach())
+    assert len(calls) == (3 if chunk_bytes < 2**30 else 1)
+    assert fast.shape == plain.shape
+    torch.testing.assert_close(fast, plain.detach(), atol=TOLERANCE, rtol=TOLERANCE)
+    monkeypatch.undo()
     # Under autograd the out-of-place activation is kept (GELU's backward needs its input).
     trained = mlp(hidden_states.requires_grad_())
     trained.sum().backward()
@@ -154,9 +178,16 @@ def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
     global_branch = plain_tower.resize_and_downsample(plain_tower.global_neck(global_features))
     plain = plain + plain_tower.global_alpha * global_branch
     plain = plain.flatten(2).transpose(1, 2).detach()
-    monkeypatch.setattr(modeling_dsvl_sam, "SDPA_BIAS_CHUNK_BYTES", 16 * 2**10)  # several chunks per global block
+    # Several chunks everywhere: window sdpa, global oneDNN attention, MLP.
+    for name in ("SDPA_BIAS_CHUNK_BYTES", "ONEDNN_SCORES_CHUNK_BYTES", "MLP_CHUNK_BYTES"):
+        monkeypatch.setattr(modeling_dsvl_sam, name, 16 * 2**10)
+    global_calls = []
+    real_onednn_attention = modeling_dsvl_sam.onednn_attention
+    monkeypatch.setattr(modeling_dsvl_sam, "onednn_attention",
+                        lambda *args: global_calls.append(args[0].shape) or real_onednn_attention(*args))
     with torch.inference_mode():
         fast = fast_tower(pixels).last_hidden_state
+    assert len(global_calls) == len(config.global_attn_indexes)
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 

@@ -19,16 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _find_onednn_linear():
+def _find_onednn_linear(overload: str = "default"):
+    """torch's oneDNN linear operator (the one inductor uses): `default` computes x.W^T + b, `binary` x.W^T + other."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
+        return getattr(torch.ops.mkldnn._linear_pointwise, overload)
     except (AttributeError, RuntimeError):  # a torch build without the oneDNN operators
         return None
 
 
 ONEDNN_LINEAR = _find_onednn_linear()
+ONEDNN_LINEAR_ADD = _find_onednn_linear("binary")
 ENABLED = os.environ.get("DSVL_ONEDNN_LINEAR", "1").strip().lower() not in ("0", "false", "no", "off")
 _PLAIN_TENSOR_TYPES = (torch.Tensor, nn.Parameter)
 
