@@ -152,7 +152,8 @@ def render(results: dict, image_name: str = "benchmarks.png") -> str:
         lines.append("### The floor: work, the machine's limits, and the fraction reached")
         lines.append("")
         lines.append(f"Measured peak: **{peak:.1f} GFLOP/s** fp32 matmul"
-                     + (f", **{bandwidth:.1f} GB/s** matrix-vector (memory) bandwidth." if bandwidth else "."))
+                     + (f", **{bandwidth:.1f} GB/s** matrix-vector (memory) bandwidth" if bandwidth else "")
+                     + " (the better of MKL and oneDNN in each case).")
         lines.append("")
         lines.append("| workload | implementation | GFLOP (counted) | floor at peak | median | GFLOP/s reached | "
                      "fraction of peak |")
