@@ -7,6 +7,7 @@ Nothing here is DeepSeek-VL specific; `models.py` builds the models being compar
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import resource
@@ -100,12 +101,27 @@ def time_side_by_side(functions: dict[str, Callable[[], object]], warmup: int, r
     return timings
 
 
+def _onednn_linear_flops(input_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch.ops.mkldnn._linear_pointwise (both overloads): input [..., K] times weight^T [K, N] -> out [..., N]."""
+    return 2 * math.prod(input_shape) * out_shape[-1]
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """sdpa's CPU kernel (torch's counter knows only the CUDA ones): q.k^T and the weighted sum of v."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_flops(function: Callable[[], object]) -> int:
-    """FLOPs of the matrix products, convolutions and attention one call runs (torch's FlopCounterMode; element-wise
-    work is not counted)."""
+    """FLOPs of the matrix products, convolutions and attention one call runs (torch's FlopCounterMode, taught sdpa's
+    CPU kernel and the oneDNN linear operator our layers call; element-wise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.mkldnn._linear_pointwise: _onednn_linear_flops,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    })
     with torch.inference_mode(), counter:
         function()
     return int(counter.get_total_flops())
