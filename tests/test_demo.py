@@ -210,10 +210,9 @@ def test_quick_demo_answers_every_held_out_question_in_the_task_format(quick_run
 
 @pytest.mark.slow
 def test_quick_demo_answers_far_above_chance(quick_run):
-    """Held-out accuracy of the short run (shape scenes; chance 25% overall, 16.7% for colour): measured 58.5% /
-    colour 82% on transformers 5.x and 45.5% / colour 86% on 4.57 (the two lines' runs differ from the first
-    phase on; seed 1 on 4.57: 46.0%). A model that ignores the image answers at about chance; so does a broken
-    recipe."""
+    """Held-out accuracy of the short run (shape scenes; chance 25% overall, 16.7% for colour): measured 62.5% /
+    colour 100% on transformers 5.x and 47.0% / colour 56% on 4.57 (the two lines' runs differ from the first
+    phase on). A model that ignores the image answers at about chance; so does a broken recipe."""
     scores = quick_run.scores
     assert scores.overall_chance == pytest.approx(0.25)
     assert scores.overall >= 0.40, scores.accuracy
@@ -224,7 +223,7 @@ def test_quick_demo_answers_far_above_chance(quick_run):
 def test_quick_demo_reads_the_image(quick_run):
     """The true answers cost less with the held-out image than with a blank one. A model that ignores the image (a
     broken tower, aligner or merge) pays the same loss both ways (measured 1.70 against 1.71 nats for a short run
-    whose model answered from the question alone); this preset: 0.84 against 2.53 (5.x), 1.14 against 1.89 (4.57)."""
+    whose model answered from the question alone); this preset: 0.82 against 2.22 (5.x), 1.02 against 1.99 (4.57)."""
     reliance = quick_run.reliance
     with_images, blank = reliance["answer_loss_with_images"], reliance["answer_loss_with_blank_images"]
     assert with_images < blank - 0.5, reliance

@@ -114,12 +114,14 @@ def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: tor
     return window_unpartition(output, size, padded_hw, (height, width))
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("qkv_bias", [True, False])
-def test_window_attention_equals_the_original(implementation, qkv_bias):
+def test_window_attention_equals_the_original(implementation, qkv_bias, mode):
+    """eval: windows cut first, q/k/v in thirds; train: the fused product on the real tokens, padding = qkv bias."""
     config = small_sam_config(qkv_bias=qkv_bias)
     config._attn_implementation = implementation
-    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).eval()
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).train(mode == "train")
     hidden_states = torch.randn(2, config.grid_size, config.grid_size, config.hidden_size)
     assert config.grid_size % config.window_size, "the case under test needs padding"
     with torch.no_grad():
@@ -224,7 +226,7 @@ def onednn_calls(monkeypatch):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     generator = torch.Generator().manual_seed(0)
-    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(320, 96, bias=bias)))[0]
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(320, 96, bias=bias)))[0].eval()
     assert type(layer) is OneDNNLinear
     randomize_(layer, 0)
     inputs = [
@@ -242,6 +244,9 @@ def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     with torch.no_grad():
         layer(inputs[0])
     assert len(onednn_calls) == len(inputs) + 1
+    with torch.no_grad():  # training mode (a frozen layer in a training run) keeps F.linear's rounding
+        assert torch.equal(layer.train()(inputs[0]), F.linear(inputs[0], layer.weight, layer.bias))
+    assert len(onednn_calls) == len(inputs) + 1
 
 
 def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls, monkeypatch):
@@ -257,7 +262,7 @@ def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls
         assert not onednn_applies(hidden.bfloat16(), layer.weight, None)
     assert onednn_calls == []
     # Frozen weights but an input that needs a gradient (e.g. an adapter below): still autograd, still F.linear.
-    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].requires_grad_(False)
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].requires_grad_(False).eval()
     assert not onednn_applies(hidden.requires_grad_(), layer.weight, layer.bias)
     monkeypatch.setattr(onednn_linear, "ENABLED", False)  # DSVL_ONEDNN_LINEAR=0
     with torch.no_grad():

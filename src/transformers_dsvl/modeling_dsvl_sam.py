@@ -73,7 +73,9 @@ class DeepSeekVLSamMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.exact_gelu or (torch.is_grad_enabled() and hidden_states.requires_grad):
             return self.lin2(self.act(self.lin1(hidden_states)))
-        # Outside autograd: GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation (50 MB) is
+        if self.training:  # a frozen tower inside a training run: in place, in one piece (training's rounding)
+            return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
+        # Inference: GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation (50 MB) is
         # above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block; a chunk stays on the heap.
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         num_chunks = -(-tokens.shape[0] * self.lin1.out_features * tokens.element_size() // MLP_CHUNK_BYTES)
@@ -155,9 +157,10 @@ class DeepSeekVLSamAttention(nn.Module):
 
     Windowed blocks work as the original's: the map is zero-padded at the bottom/right to a multiple of the window,
     every window attends within itself (padding tokens included, as keys and values), and the result is cropped.
-    q, k and v are three products with thirds of the fused weight: at SAM-B's 1024 px a [tokens, 3 x 768] map
-    (38-45 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block, where a third stays
-    on the heap (same values: each output column is the same dot product).
+    In inference q, k and v are three products with thirds of the fused weight: at SAM-B's 1024 px a [tokens, 3 x 768]
+    map (38-45 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block, where a third
+    stays on the heap. Training keeps one fused product on the real tokens, the padding getting the qkv bias (what
+    the original's zero tokens get), so training runs keep their rounding. The values agree to float32 rounding.
     """
 
     def __init__(self, config: DeepSeekVLSamVisionConfig, window_size: int = 0):
@@ -174,18 +177,43 @@ class DeepSeekVLSamAttention(nn.Module):
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size - 1, self.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, self.head_dim))
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
-        """hidden_states: [B, height, width, C] -> ([B, height, width, C], attention weights or None)."""
-        batch, height, width, channels = hidden_states.shape
+    def project_fused(self, hidden_states: torch.Tensor):
+        """Training: one fused product on the real tokens; window padding gets the qkv bias (what the original's
+        zero tokens get). Returns query, key, value [windows, heads, N, head_dim] and the padded size (or None)."""
+        qkv = self.qkv(hidden_states)
+        padded_hw = None
+        if self.window_size:
+            qkv = pad_with_bias(qkv, self.window_size, self.qkv.bias)
+            qkv, padded_hw = window_partition(qkv, self.window_size)
+        windows, size_h, size_w = qkv.shape[:3]
+        qkv = qkv.reshape(windows, size_h * size_w, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return query, key, value, padded_hw
+
+    def project_in_thirds(self, hidden_states: torch.Tensor):
+        """Inference: zero-pad and cut windows first (as the original), then q, k and v as three products, each
+        [tokens, C] map below glibc's mmap threshold (see the class docstring). Same returns as `project_fused`."""
+        padded_hw = None
         if self.window_size:
             hidden_states, padded_hw = window_partition(hidden_states, self.window_size)
-        windows, size_h, size_w = hidden_states.shape[:3]
+        windows, size_h, size_w, channels = hidden_states.shape
         tokens = hidden_states.reshape(windows, size_h * size_w, channels)
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
-        query, key, value = (  # each [windows, heads, N, head_dim]
+        query, key, value = (
             linear(tokens, weight, bias).view(windows, size_h * size_w, self.num_heads, self.head_dim).transpose(1, 2)
             for weight, bias in zip(self.qkv.weight.chunk(3), biases)
         )
+        return query, key, value, padded_hw
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        """hidden_states: [B, height, width, C] -> ([B, height, width, C], attention weights or None)."""
+        batch, height, width, channels = hidden_states.shape
+        if self.training:
+            query, key, value, padded_hw = self.project_fused(hidden_states)
+        else:
+            query, key, value, padded_hw = self.project_in_thirds(hidden_states)
+        windows = query.shape[0]
+        size_h, size_w = (self.window_size, self.window_size) if self.window_size else (height, width)
         rel_h, rel_w = relative_position_terms(query, self.rel_pos_h, self.rel_pos_w, size_h, size_w)
 
         implementation = self.config._attn_implementation or "eager"
@@ -200,7 +228,9 @@ class DeepSeekVLSamAttention(nn.Module):
             attn_output, attn_weights = sam_eager_attention_forward(
                 self, query, key, value, bias, scaling=self.scaling, dropout=dropout
             )
-        elif implementation == "sdpa" and not self.window_size and not dropout and onednn_attention_applies(query, key):
+        elif implementation == "sdpa" and not self.window_size and not self.training and onednn_attention_applies(
+            query, key
+        ):
             attn_output, attn_weights = onednn_attention(query, key, value, rel_h, rel_w, self.scaling), None
         elif implementation == "sdpa":
             attn_output, attn_weights = chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout), None
@@ -285,6 +315,22 @@ def onednn_attention(query, key, value, rel_h, rel_w, scaling: float) -> torch.T
                 torch.ops.aten._softmax.out(scores, -1, False, out=scores)
                 output[sample, start:stop, head] = ONEDNN_LINEAR(scores, head_value_t, None, "none", [], "")
     return output
+
+
+def pad_with_bias(qkv: torch.Tensor, window_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """Pad the NHWC qkv map at the bottom/right to a multiple of the window with what the original's zero-padded
+    tokens get from the qkv projection: the bias (zeros without one). Only the padding is filled."""
+    batch, height, width, channels = qkv.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    if not pad_h and not pad_w:
+        return qkv
+    fill = bias if bias is not None else qkv.new_zeros(channels)
+    padded = qkv.new_empty(batch, height + pad_h, width + pad_w, channels)
+    padded[:, :height, :width] = qkv
+    padded[:, height:] = fill
+    padded[:, :height, width:] = fill
+    return padded
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

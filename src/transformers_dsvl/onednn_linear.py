@@ -4,8 +4,8 @@ torch's float32 `F.linear` on CPU calls MKL's sgemm, which takes its AVX2 code o
 kernels by instruction set alone and runs AVX-512 there. On the Zen 5 machine of docs/benchmarks.md that doubles the
 throughput of every linear layer of the model (the towers, the aligner, the language model and its head). The layers
 keep their parameters and state-dict keys, and accumulate in float32: outputs agree with `F.linear` to float32
-rounding (tests/test_fast_paths.py). Autograd, other dtypes and devices, tensor subclasses and `torch.compile` take
-`F.linear` unchanged.
+rounding (tests/test_fast_paths.py). Training mode, autograd, other dtypes and devices, tensor subclasses and
+`torch.compile` take `F.linear` unchanged.
 
 Set the environment variable `DSVL_ONEDNN_LINEAR=0` (or `onednn_linear.ENABLED = False`) to use `F.linear` everywhere.
 """
@@ -57,9 +57,12 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 class OneDNNLinear(nn.Linear):
-    """`nn.Linear` with float32 CPU inference through oneDNN (see the module docstring); identical otherwise."""
+    """`nn.Linear` with float32 CPU inference (eval mode) through oneDNN (see the module docstring); identical
+    otherwise. Training mode, frozen layers included, keeps `F.linear`, so training runs keep their rounding."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.linear(input, self.weight, self.bias)
         return linear(input, self.weight, self.bias)
 
 

@@ -89,7 +89,7 @@ class DemoSettings:
         # position); in about 80 s the full world's seven tasks stay near chance, this one does not.
         "quick": dict(
             image_kinds=("shapes",), data=DemoDataSizes(captions=1500, text=600, conversations=1500, test=200),
-            language_warmup_steps=60, vision_warmup_steps=300, stage1_steps=60, stage2_steps=90, stage3_steps=300,
+            language_warmup_steps=60, vision_warmup_steps=300, stage1_steps=60, stage2_steps=120, stage3_steps=250,
             batch_size=16, stage3_lr=2e-3,
         ),
     }
