@@ -28,6 +28,9 @@ BIAS_AS_MASK_IMPLEMENTATIONS = ("eager", "sdpa")
 # the bias is written and read by the attention kernel without a round trip through memory, and (below glibc's
 # 32 MB mmap threshold) the buffer comes from the heap instead of fresh page-faulted memory.
 SDPA_BIAS_CHUNK_BYTES = 16 * 2**20
+# Training mode keeps the chunks training runs were tuned with (autograd holds every chunk's bias for the backward
+# anyway, so smaller chunks would only mean more kernel calls and other rounding).
+TRAINING_SDPA_BIAS_CHUNK_BYTES = 64 * 2**20
 # `onednn_attention` holds a head's scores for this many bytes of query rows at a time: small enough that its
 # temporaries are reused on the heap rather than handed back to the kernel and page-faulted in again.
 ONEDNN_SCORES_CHUNK_BYTES = 4 * 2**20
@@ -233,7 +236,9 @@ class DeepSeekVLSamAttention(nn.Module):
         ):
             attn_output, attn_weights = onednn_attention(query, key, value, rel_h, rel_w, self.scaling), None
         elif implementation == "sdpa":
-            attn_output, attn_weights = chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout), None
+            chunk_bytes = TRAINING_SDPA_BIAS_CHUNK_BYTES if self.training else SDPA_BIAS_CHUNK_BYTES
+            attn_output = chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout, chunk_bytes)
+            attn_weights = None
         else:
             attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
             wide_query, wide_key, wide_value = fold_bias_into_query_key(query, key, value, rel_h, rel_w, self.scaling)
@@ -248,7 +253,8 @@ class DeepSeekVLSamAttention(nn.Module):
         return self.proj(attn_output), attn_weights
 
 
-def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float = 0.0,
+                 chunk_bytes: int | None = None) -> torch.Tensor:
     """SDPA with the decomposed relative-position bias as its additive mask, built for a chunk of query rows at a
     time (see `SDPA_BIAS_CHUNK_BYTES`). Returns [B, N, heads, head_dim].
 
@@ -260,7 +266,7 @@ def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float
     height, width = rel_h.shape[-1], rel_w.shape[-1]
     row_bytes = batch * heads * keys * query.element_size()
     # Equal chunks (no small tail call), each within the byte budget.
-    num_chunks = -(-queries // max(1, SDPA_BIAS_CHUNK_BYTES // row_bytes))
+    num_chunks = -(-queries // max(1, (chunk_bytes or SDPA_BIAS_CHUNK_BYTES) // row_bytes))
     chunk = -(-queries // num_chunks)
     differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, rel_h, rel_w))
     buffer = None if differentiable else query.new_empty(batch, heads, chunk, height, width)
