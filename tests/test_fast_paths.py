@@ -114,17 +114,17 @@ def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: tor
     return window_unpartition(output, size, padded_hw, (height, width))
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("autograd", [False, True], ids=["no-grad", "autograd"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("qkv_bias", [True, False])
-def test_window_attention_equals_the_original(implementation, qkv_bias, mode):
-    """eval: windows cut first, q/k/v in thirds; train: the fused product on the real tokens, padding = qkv bias."""
+def test_window_attention_equals_the_original(implementation, qkv_bias, autograd):
+    """no-grad: windows cut first, q/k/v in thirds; autograd: the fused product on the real tokens, padding = bias."""
     config = small_sam_config(qkv_bias=qkv_bias)
     config._attn_implementation = implementation
-    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).train(mode == "train")
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).eval()
     hidden_states = torch.randn(2, config.grid_size, config.grid_size, config.hidden_size)
     assert config.grid_size % config.window_size, "the case under test needs padding"
-    with torch.no_grad():
+    with torch.set_grad_enabled(autograd):
         plain = original_window_attention(module, hidden_states)
         fast, _ = module(hidden_states)
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
@@ -244,8 +244,8 @@ def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     with torch.no_grad():
         layer(inputs[0])
     assert len(onednn_calls) == len(inputs) + 1
-    with torch.no_grad():  # training mode (a frozen layer in a training run) keeps F.linear's rounding
-        assert torch.equal(layer.train()(inputs[0]), F.linear(inputs[0], layer.weight, layer.bias))
+    # Autograd on, weights frozen (a frozen tower in a training run): F.linear's rounding.
+    assert torch.equal(layer.requires_grad_(False)(inputs[0]), F.linear(inputs[0], layer.weight, layer.bias))
     assert len(onednn_calls) == len(inputs) + 1
 
 

@@ -28,9 +28,9 @@ BIAS_AS_MASK_IMPLEMENTATIONS = ("eager", "sdpa")
 # the bias is written and read by the attention kernel without a round trip through memory, and (below glibc's
 # 32 MB mmap threshold) the buffer comes from the heap instead of fresh page-faulted memory.
 SDPA_BIAS_CHUNK_BYTES = 16 * 2**20
-# Training mode keeps the chunks training runs were tuned with (autograd holds every chunk's bias for the backward
-# anyway, so smaller chunks would only mean more kernel calls and other rounding).
-TRAINING_SDPA_BIAS_CHUNK_BYTES = 64 * 2**20
+# With autograd on (training runs, frozen towers included) the chunks training runs were tuned with: autograd holds
+# every chunk's bias for the backward anyway, so smaller chunks would only mean more kernel calls and other rounding.
+AUTOGRAD_SDPA_BIAS_CHUNK_BYTES = 64 * 2**20
 # `onednn_attention` holds a head's scores for this many bytes of query rows at a time: small enough that its
 # temporaries are reused on the heap rather than handed back to the kernel and page-faulted in again.
 ONEDNN_SCORES_CHUNK_BYTES = 4 * 2**20
@@ -76,10 +76,10 @@ class DeepSeekVLSamMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.exact_gelu or (torch.is_grad_enabled() and hidden_states.requires_grad):
             return self.lin2(self.act(self.lin1(hidden_states)))
-        if self.training:  # a frozen tower inside a training run: in place, in one piece (training's rounding)
+        if torch.is_grad_enabled():  # a frozen tower inside a training run: in place, in one piece (its rounding)
             return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
-        # Inference: GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation (50 MB) is
-        # above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block; a chunk stays on the heap.
+        # Inference (autograd off): GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation
+        # (50 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block; a chunk is not.
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         num_chunks = -(-tokens.shape[0] * self.lin1.out_features * tokens.element_size() // MLP_CHUNK_BYTES)
         if num_chunks <= 1:
@@ -162,8 +162,9 @@ class DeepSeekVLSamAttention(nn.Module):
     every window attends within itself (padding tokens included, as keys and values), and the result is cropped.
     In inference q, k and v are three products with thirds of the fused weight: at SAM-B's 1024 px a [tokens, 3 x 768]
     map (38-45 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block, where a third
-    stays on the heap. Training keeps one fused product on the real tokens, the padding getting the qkv bias (what
-    the original's zero tokens get), so training runs keep their rounding. The values agree to float32 rounding.
+    stays on the heap. With autograd on (training runs, frozen towers included) it keeps one fused product on the
+    real tokens, the padding getting the qkv bias (what the original's zero tokens get), so training runs keep their
+    rounding. The values agree to float32 rounding.
     """
 
     def __init__(self, config: DeepSeekVLSamVisionConfig, window_size: int = 0):
@@ -181,7 +182,7 @@ class DeepSeekVLSamAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, self.head_dim))
 
     def project_fused(self, hidden_states: torch.Tensor):
-        """Training: one fused product on the real tokens; window padding gets the qkv bias (what the original's
+        """Autograd on: one fused product on the real tokens; window padding gets the qkv bias (what the original's
         zero tokens get). Returns query, key, value [windows, heads, N, head_dim] and the padded size (or None)."""
         qkv = self.qkv(hidden_states)
         padded_hw = None
@@ -194,7 +195,7 @@ class DeepSeekVLSamAttention(nn.Module):
         return query, key, value, padded_hw
 
     def project_in_thirds(self, hidden_states: torch.Tensor):
-        """Inference: zero-pad and cut windows first (as the original), then q, k and v as three products, each
+        """Autograd off: zero-pad and cut windows first (as the original), then q, k and v as three products, each
         [tokens, C] map below glibc's mmap threshold (see the class docstring). Same returns as `project_fused`."""
         padded_hw = None
         if self.window_size:
@@ -211,7 +212,7 @@ class DeepSeekVLSamAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         """hidden_states: [B, height, width, C] -> ([B, height, width, C], attention weights or None)."""
         batch, height, width, channels = hidden_states.shape
-        if self.training:
+        if torch.is_grad_enabled():
             query, key, value, padded_hw = self.project_fused(hidden_states)
         else:
             query, key, value, padded_hw = self.project_in_thirds(hidden_states)
@@ -231,12 +232,10 @@ class DeepSeekVLSamAttention(nn.Module):
             attn_output, attn_weights = sam_eager_attention_forward(
                 self, query, key, value, bias, scaling=self.scaling, dropout=dropout
             )
-        elif implementation == "sdpa" and not self.window_size and not self.training and onednn_attention_applies(
-            query, key
-        ):
+        elif implementation == "sdpa" and not self.window_size and onednn_attention_applies(query, key):
             attn_output, attn_weights = onednn_attention(query, key, value, rel_h, rel_w, self.scaling), None
         elif implementation == "sdpa":
-            chunk_bytes = TRAINING_SDPA_BIAS_CHUNK_BYTES if self.training else SDPA_BIAS_CHUNK_BYTES
+            chunk_bytes = AUTOGRAD_SDPA_BIAS_CHUNK_BYTES if torch.is_grad_enabled() else SDPA_BIAS_CHUNK_BYTES
             attn_output = chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout, chunk_bytes)
             attn_weights = None
         else:

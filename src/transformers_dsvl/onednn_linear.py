@@ -4,8 +4,8 @@ torch's float32 `F.linear` on CPU calls MKL's sgemm, which takes its AVX2 code o
 kernels by instruction set alone and runs AVX-512 there. On the Zen 5 machine of docs/benchmarks.md that doubles the
 throughput of every linear layer of the model (the towers, the aligner, the language model and its head). The layers
 keep their parameters and state-dict keys, and accumulate in float32: outputs agree with `F.linear` to float32
-rounding (tests/test_fast_paths.py). Training mode, autograd, other dtypes and devices, tensor subclasses and
-`torch.compile` take `F.linear` unchanged.
+rounding (tests/test_fast_paths.py). With autograd on (training runs, frozen layers included), other dtypes and
+devices, tensor subclasses and `torch.compile` they take `F.linear` unchanged.
 
 Set the environment variable `DSVL_ONEDNN_LINEAR=0` (or `onednn_linear.ENABLED = False`) to use `F.linear` everywhere.
 """
@@ -36,9 +36,10 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, nn.Parameter)
 
 
 def onednn_applies(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether `OneDNNLinear` sends this call to oneDNN: float32 dense CPU tensors and no gradient to record (the
-    oneDNN operator has no backward)."""
-    if not ENABLED or ONEDNN_LINEAR is None or torch.compiler.is_compiling():
+    """Whether `OneDNNLinear` sends this call to oneDNN: float32 dense CPU tensors with autograd off
+    (`torch.no_grad()`, `torch.inference_mode()`, as `generate` and pipelines run). With autograd on, frozen layers
+    included, training runs keep `F.linear`'s rounding (the oneDNN operator has no backward in any case)."""
+    if not ENABLED or ONEDNN_LINEAR is None or torch.compiler.is_compiling() or torch.is_grad_enabled():
         return False
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if any(type(tensor) not in _PLAIN_TENSOR_TYPES for tensor in tensors):
@@ -46,7 +47,7 @@ def onednn_applies(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if any(tensor.device.type != "cpu" or tensor.dtype != torch.float32 or tensor.layout != torch.strided
            for tensor in tensors):
         return False
-    return not (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors))
+    return True
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,12 +58,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 class OneDNNLinear(nn.Linear):
-    """`nn.Linear` with float32 CPU inference (eval mode) through oneDNN (see the module docstring); identical
-    otherwise. Training mode, frozen layers included, keeps `F.linear`, so training runs keep their rounding."""
+    """`nn.Linear` with float32 CPU inference through oneDNN (see the module docstring); identical otherwise."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return F.linear(input, self.weight, self.bias)
         return linear(input, self.weight, self.bias)
 
 
