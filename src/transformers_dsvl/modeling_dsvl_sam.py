@@ -288,8 +288,8 @@ def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float
 
 
 def onednn_attention_applies(query: torch.Tensor, key: torch.Tensor) -> bool:
-    differentiable = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
-    return ONEDNN_LINEAR_ADD is not None and not differentiable and onednn_applies(query, key, None)
+    """As the oneDNN linears: float32 dense CPU tensors with autograd off (see `onednn_applies`)."""
+    return ONEDNN_LINEAR_ADD is not None and onednn_applies(query, key, None)
 
 
 def onednn_attention(query, key, value, rel_h, rel_w, scaling: float) -> torch.Tensor:
