@@ -5,6 +5,9 @@
   rows, products through oneDNN); plain path: the original's arithmetic (eager, dense bias).
 - SAM attention: q, k and v as three products with thirds of the fused qkv weight; plain path: the fused product.
 - SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation.
+- SAM window blocks outside autograd: relative-position terms as one product read through strided views; plain path:
+  the einsum. The residual stream is made contiguous outside autograd; plain path: the conv's memory layout.
+- SigLIP MLP (`DeepSeekVLSiglipMLP`): the activation in place outside autograd; plain path: transformers' `SiglipMLP`.
 - Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
   (`OneDNNLinear`); plain path: `F.linear`.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
@@ -24,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from model_helpers import prompt_ids, random_images, randomize_, tiny_model
 from processor_helpers import noise_rgb, tiny_image_processor
+from transformers.activations import ACT2FN
+from transformers.models.siglip.modeling_siglip import SiglipMLP
 
 from transformers_dsvl import modeling_dsvl_sam, onednn_linear
 from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
+from transformers_dsvl.modeling_dsvl import DeepSeekVLSiglipMLP
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
     DeepSeekVLSamMLP,
@@ -36,6 +42,7 @@ from transformers_dsvl.modeling_dsvl_sam import (
     onednn_attention,
     onednn_attention_applies,
     relative_position_terms,
+    relative_position_terms_by_product,
     sam_eager_attention_forward,
     window_partition,
     window_unpartition,
@@ -183,15 +190,72 @@ def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
     # Several chunks everywhere: window sdpa, global oneDNN attention, MLP.
     for name in ("SDPA_BIAS_CHUNK_BYTES", "ONEDNN_SCORES_CHUNK_BYTES", "MLP_CHUNK_BYTES"):
         monkeypatch.setattr(modeling_dsvl_sam, name, 16 * 2**10)
-    global_calls = []
+    global_calls, window_term_calls = [], []
     real_onednn_attention = modeling_dsvl_sam.onednn_attention
     monkeypatch.setattr(modeling_dsvl_sam, "onednn_attention",
                         lambda *args: global_calls.append(args[0].shape) or real_onednn_attention(*args))
+    real_terms = modeling_dsvl_sam.relative_position_terms_by_product
+    monkeypatch.setattr(modeling_dsvl_sam, "relative_position_terms_by_product",
+                        lambda *args: window_term_calls.append(args[0].shape) or real_terms(*args))
     with torch.inference_mode():
         fast = fast_tower(pixels).last_hidden_state
     assert len(global_calls) == len(config.global_attn_indexes)
+    assert len(window_term_calls) == config.num_hidden_layers - len(config.global_attn_indexes)
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("height,width", [(4, 4), (3, 5), (14, 14)])
+def test_relative_position_terms_by_product_equal_the_einsum(height, width):
+    generator = torch.Generator().manual_seed(0)
+    # Queries laid out as the q/k/v projections leave them: [B, N, heads, d] in memory, seen as [B, heads, N, d].
+    query = torch.randn(3, height * width, 4, 16, generator=generator).transpose(1, 2)
+    rel_pos_h = torch.randn(2 * height - 1, 16, generator=generator)
+    rel_pos_w = torch.randn(2 * width - 1, 16, generator=generator)
+    plain_h, plain_w = relative_position_terms(query, rel_pos_h, rel_pos_w, height, width)
+    for layout in (query, query.contiguous()):
+        with torch.inference_mode():
+            fast_h, fast_w = relative_position_terms_by_product(layout, rel_pos_h, rel_pos_w, height, width)
+        assert fast_h.shape == plain_h.shape and fast_w.shape == plain_w.shape
+        torch.testing.assert_close(fast_h, plain_h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast_w, plain_w, atol=1e-5, rtol=1e-5)
+
+
+def test_sam_residual_stream_is_contiguous_in_inference_only():
+    """Inference copies the patch embedding into NHWC memory (LayerNorms and adds ~10x faster on SAM-B's map);
+    with autograd on it stays a view of the conv's NCHW output, as the original's, for training runs' rounding."""
+    config = small_sam_config()
+    tower = randomize_(DeepSeekVLSamVisionModel(config), scale=0.1).eval()
+    pixels = torch.randn(2, 3, config.image_size, config.image_size)
+    seen = []
+    tower.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.inference_mode():
+        fast = tower(pixels).last_hidden_state
+    plain = tower(pixels).last_hidden_state.detach()
+    assert seen == [True, False]
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_pytorch_tanh", "quick_gelu"])
+def test_siglip_mlp_in_place_activation_gives_the_same_values(activation):
+    """gelu and gelu_pytorch_tanh run in place outside autograd; other activations keep transformers' forward."""
+    model = tiny_model("tiny-hybrid")
+    mlps = [module for module in model.modules() if isinstance(module, SiglipMLP)]
+    assert mlps and all(type(module) is DeepSeekVLSiglipMLP for module in mlps)
+    mlp = mlps[0]
+    mlp.config = copy.copy(mlp.config)
+    mlp.config.hidden_act = activation
+    mlp.activation_fn = ACT2FN[activation]
+    hidden_states = torch.randn(2, 7, mlp.fc1.in_features)
+    plain = SiglipMLP.forward(mlp, hidden_states).detach()
+    with torch.inference_mode():
+        fast = mlp(hidden_states)
+    assert torch.equal(fast, plain)  # the same kernels on the same numbers
+    # Under autograd transformers' forward runs (the activation's backward needs its input), gradients flow.
+    trained = mlp(hidden_states.requires_grad_())
+    assert torch.equal(trained.detach(), plain)
+    trained.sum().backward()
+    assert hidden_states.grad is not None and hidden_states.grad.abs().sum() > 0
 
 
 def test_model_image_features_fast_equals_plain():

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutputWithPast
+from transformers.models.siglip.modeling_siglip import SiglipMLP
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig
@@ -107,19 +108,41 @@ class DeepSeekVLAligner(nn.Module):
         return self.layers(hidden_states)
 
 
+# In-place variants of the activations SigLIP checkpoints use (transformers' ACT2FN names).
+IN_PLACE_ACTIVATIONS = {
+    "gelu": torch.ops.aten.gelu_,
+    "gelu_pytorch_tanh": lambda hidden_states: torch.ops.aten.gelu_(hidden_states, approximate="tanh"),
+}
+
+
+class DeepSeekVLSiglipMLP(SiglipMLP):
+    """transformers' `SiglipMLP` with the activation applied in place when autograd is off (inference), the same
+    values: SigLIP-L's [576, 4096] activation is 9.4 MB, above glibc's mmap threshold, so a second one is fresh memory
+    page-faulted in at every layer (the SigLIP-L tower runs ~10% faster in place). Training keeps the original."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        activation_ = IN_PLACE_ACTIVATIONS.get(self.config.hidden_act)
+        if activation_ is None or torch.is_grad_enabled():
+            return super().forward(hidden_states)
+        return self.fc2(activation_(self.fc1(hidden_states)))
+
+
 def build_siglip_tower(config) -> nn.Module:
     """transformers' SigLIP vision transformer, with the same parameter names under 4.x and 5.x.
 
     transformers 5 flattened `SiglipVisionModel` into the transformer itself, while 4.x wraps it as `.vision_model`;
-    taking the inner transformer on 4.x keeps checkpoints loadable across both versions.
+    taking the inner transformer on 4.x keeps checkpoints loadable across both versions. Its MLPs become
+    `DeepSeekVLSiglipMLP` (same parameters).
     """
     try:
         from transformers.models.siglip.modeling_siglip import SiglipVisionTransformer  # transformers 4.x
     except ImportError:
-        from transformers import SiglipVisionModel
-
-        return SiglipVisionModel(config)
-    return SiglipVisionTransformer(config)
+        from transformers import SiglipVisionModel as SiglipVisionTransformer
+    tower = SiglipVisionTransformer(config)
+    for module in tower.modules():
+        if type(module) is SiglipMLP:
+            module.__class__ = DeepSeekVLSiglipMLP
+    return tower
 
 
 def normalize_pixels(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
