@@ -5,8 +5,10 @@
   rows, products through oneDNN); plain path: the original's arithmetic (eager, dense bias).
 - SAM attention: q, k and v as three products with thirds of the fused qkv weight; plain path: the fused product.
 - SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation.
-- SAM window blocks outside autograd: relative-position terms as one product read through strided views; plain path:
-  the einsum. The residual stream is made contiguous outside autograd; plain path: the conv's memory layout.
+- SAM window blocks outside autograd: relative-position terms as one product read through strided views (plain
+  path: the einsum), and attention one window at a time through batched products (`per_window_attention`; plain
+  path: the dense eager attention). The residual stream is made contiguous outside autograd; plain path: the conv's
+  memory layout.
 - SigLIP MLP (`DeepSeekVLSiglipMLP`): the activation in place outside autograd; plain path: transformers' `SiglipMLP`.
 - Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
   (`OneDNNLinear`); plain path: `F.linear`.
@@ -41,6 +43,8 @@ from transformers_dsvl.modeling_dsvl_sam import (
     dense_relative_bias,
     onednn_attention,
     onednn_attention_applies,
+    per_window_attention,
+    per_window_attention_applies,
     relative_position_terms,
     relative_position_terms_by_product,
     sam_eager_attention_forward,
@@ -104,6 +108,33 @@ def test_onednn_attention_equals_the_dense_eager_attention(chunk_bytes, monkeypa
         fast = onednn_attention(query, key, value, rel_h, rel_w, scaling)
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
     assert not onednn_attention_applies(query.requires_grad_(), key)  # training keeps sdpa (it has a backward)
+
+
+def test_per_window_attention_equals_the_dense_eager_attention():
+    query, key, value, rel_h, rel_w = random_attention_inputs(batch=5, heads=3, size=4)  # 5 windows of 4 x 4
+    scaling = query.shape[-1] ** -0.5
+    plain, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, dense_relative_bias(rel_h, rel_w),
+                                           scaling)
+    with torch.inference_mode():
+        assert per_window_attention_applies(query)
+        fast = per_window_attention(query, key, value, rel_h, rel_w, scaling)
+    assert fast.shape == plain.shape  # [windows, N, heads, head_dim]
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    assert not per_window_attention_applies(query)  # autograd on: sdpa, which has a backward
+
+
+def test_attention_dropout_keeps_sdpa(monkeypatch):
+    """A SAM tower in training mode with attention dropout, even without autograd, never takes the hand-written
+    attentions (they have no dropout)."""
+    config = small_sam_config(attention_dropout=0.5)
+    config._attn_implementation = "sdpa"
+    tower = randomize_(DeepSeekVLSamVisionModel(config), scale=0.1).train()
+    calls = []
+    for name in ("onednn_attention", "per_window_attention"):
+        monkeypatch.setattr(modeling_dsvl_sam, name, lambda *args, name=name: calls.append(name))
+    with torch.no_grad():
+        tower(torch.randn(1, 3, config.image_size, config.image_size))
+    assert calls == []
 
 
 def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -197,10 +228,15 @@ def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
     real_terms = modeling_dsvl_sam.relative_position_terms_by_product
     monkeypatch.setattr(modeling_dsvl_sam, "relative_position_terms_by_product",
                         lambda *args: window_term_calls.append(args[0].shape) or real_terms(*args))
+    window_calls = []
+    real_per_window = modeling_dsvl_sam.per_window_attention
+    monkeypatch.setattr(modeling_dsvl_sam, "per_window_attention",
+                        lambda *args: window_calls.append(args[0].shape) or real_per_window(*args))
     with torch.inference_mode():
         fast = fast_tower(pixels).last_hidden_state
+    window_layers = config.num_hidden_layers - len(config.global_attn_indexes)
     assert len(global_calls) == len(config.global_attn_indexes)
-    assert len(window_term_calls) == config.num_hidden_layers - len(config.global_attn_indexes)
+    assert len(window_term_calls) == len(window_calls) == window_layers
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 
