@@ -96,16 +96,21 @@ def test_chunked_sdpa_equals_the_dense_eager_attention(chunk_bytes, monkeypatch)
     assert all(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 10 * 81 * 4, 2**30], ids=["1-row", "10-rows", "whole"])
-def test_onednn_attention_equals_the_dense_eager_attention(chunk_bytes, monkeypatch):
-    query, key, value, rel_h, rel_w = random_attention_inputs()  # 2 samples, 3 heads, 81 queries
-    scaling = query.shape[-1] ** -0.5
+@pytest.mark.parametrize("height,width", [(9, 9), (5, 7)])
+@pytest.mark.parametrize("grid_rows", [1, 4, 100], ids=["1-grid-row", "4-grid-rows", "whole"])
+def test_onednn_attention_equals_the_dense_eager_attention(grid_rows, height, width, monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, height * width, 8, generator=generator) for _ in range(3))
+    rel_pos_h, rel_pos_w = torch.randn(2 * height - 1, 8, generator=generator), torch.randn(2 * width - 1, 8)
+    rel_h, rel_w = relative_position_terms(query, rel_pos_h, rel_pos_w, height, width)
+    scaling = 0.3  # not a power of two: the terms' products use tables / scaling
     plain, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, dense_relative_bias(rel_h, rel_w),
                                            scaling)
-    monkeypatch.setattr(modeling_dsvl_sam, "ONEDNN_SCORES_CHUNK_BYTES", chunk_bytes)
+    # A chunk holds whole grid rows of queries: grid_rows x width queries, each with height x width keys.
+    monkeypatch.setattr(modeling_dsvl_sam, "ONEDNN_SCORES_CHUNK_BYTES", grid_rows * width * height * width * 4)
     with torch.inference_mode():
         assert onednn_attention_applies(query, key)
-        fast = onednn_attention(query, key, value, rel_h, rel_w, scaling)
+        fast = onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling, height, width)
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
     assert not onednn_attention_applies(query.requires_grad_(), key)  # training keeps sdpa (it has a backward)
 

@@ -110,29 +110,39 @@ def relative_position_terms(
     return rel_h, rel_w
 
 
+def flipped_relative_tables(rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Both relative-position tables reversed and stacked, [(2H - 1) + (2W - 1), d]: the right-hand side of the
+    product form of the relative-position terms (see `relative_terms_views`)."""
+    return torch.cat([rel_pos_h.flip(0), rel_pos_w.flip(0)]).to(dtype)
+
+
+def relative_terms_views(products: torch.Tensor, height: int, width: int, first_row: int = 0):
+    """rel_h [..., rows, width, height] and rel_w [..., rows, width, width] as strided views of `products`, the dot
+    products [..., tokens, (2H - 1) + (2W - 1)] of queries with `flipped_relative_tables` (contiguous last dim), the
+    tokens being whole grid rows from `first_row` on.
+
+    For a query in grid row qh the needed rows (qh - k) + H - 1 of the height table are, reversed, the K columns from
+    H - 1 - qh on: an address affine in (qh, qw, k), so a view reads them without a gather (likewise for widths).
+    """
+    *lead, tokens, _ = products.shape
+    *lead_strides, per_token, _ = products.stride()
+    rows, offset = tokens // width, products.storage_offset()
+    rel_h = products.as_strided((*lead, rows, width, height), (*lead_strides, width * per_token - 1, per_token, 1),
+                                offset + height - 1 - first_row)
+    rel_w = products.as_strided((*lead, rows, width, width), (*lead_strides, width * per_token, per_token - 1, 1),
+                                offset + 2 * height + width - 2)
+    return rel_h, rel_w
+
+
 def relative_position_terms_by_product(
     query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`relative_position_terms` as one product of every query with both (flipped) tables, read back through strided
-    views: for query row `qh` the needed table rows (qh - k) + K - 1 are a run of K columns starting at K - 1 - qh,
-    an address affine in (qh, qw, k). It replaces einsum's permute copies: ~3x faster at window size 14; at the
-    global 64 the product over 2K - 1 table rows is twice the work and slower, so global blocks keep the einsum.
-    """
-    batch, heads, tokens, head_dim = query.shape
-    table = torch.cat([rel_pos_h.flip(0), rel_pos_w.flip(0)]).to(query.dtype)  # [(2H - 1) + (2W - 1), d]
-    products = linear(query.transpose(1, 2), table).contiguous()  # [B, N, heads, (2H - 1) + (2W - 1)]
-    per_sample, per_token, per_head, _ = products.stride()
-    offset = products.storage_offset()
-    rel_h = products.as_strided(
-        (batch, heads, height, width, height),
-        (per_sample, per_head, width * per_token - 1, per_token, 1),
-        offset + height - 1,
-    )
-    rel_w = products.as_strided(
-        (batch, heads, height, width, width),
-        (per_sample, per_head, width * per_token, per_token - 1, 1),
-        offset + 2 * height - 1 + width - 1,
-    )
+    """`relative_position_terms` as one product of every query with both flipped tables, read back through
+    `relative_terms_views` instead of einsum's permute copies (~3x faster at window size 14)."""
+    batch, heads, tokens, _ = query.shape
+    tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype)
+    products = linear(query.transpose(1, 2), tables).transpose(1, 2)  # [B, heads, N, (2H - 1) + (2W - 1)]
+    rel_h, rel_w = relative_terms_views(products, height, width)
     return rel_h.reshape(batch, heads, tokens, height), rel_w.reshape(batch, heads, tokens, width)
 
 
@@ -245,25 +255,29 @@ class DeepSeekVLSamAttention(nn.Module):
         windows = query.shape[0]
         size_h, size_w = (self.window_size, self.window_size) if self.window_size else (height, width)
         implementation = self.config._attn_implementation or "eager"
-        # eager is the original's arithmetic, and autograd keeps the training runs' rounding: both take the einsum.
-        by_product = self.window_size and implementation != "eager" and not torch.is_grad_enabled()
-        terms = relative_position_terms_by_product if by_product else relative_position_terms
-        rel_h, rel_w = terms(query, self.rel_pos_h, self.rel_pos_w, size_h, size_w)
-
         if output_attentions and implementation != "eager":
             raise ValueError(
                 f"output_attentions=True needs the eager attention, but the SAM tower runs {implementation!r}. "
                 "Fix: load the model with attn_implementation='eager'."
             )
         dropout = self.config.attention_dropout if self.training else 0.0
+        fast_sdpa = implementation == "sdpa" and not dropout
+        if fast_sdpa and not self.window_size and onednn_attention_applies(query, key):
+            attn_output = onednn_attention(
+                query, key, value, self.rel_pos_h, self.rel_pos_w, self.scaling, height, width
+            )
+            return self.proj(attn_output.reshape(windows, size_h, size_w, channels)), None
+
+        # eager is the original's arithmetic, and autograd keeps the training runs' rounding: both take the einsum.
+        by_product = self.window_size and implementation != "eager" and not torch.is_grad_enabled()
+        terms = relative_position_terms_by_product if by_product else relative_position_terms
+        rel_h, rel_w = terms(query, self.rel_pos_h, self.rel_pos_w, size_h, size_w)
         if implementation == "eager":
             bias = dense_relative_bias(rel_h, rel_w)
             attn_output, attn_weights = sam_eager_attention_forward(
                 self, query, key, value, bias, scaling=self.scaling, dropout=dropout
             )
-        elif implementation == "sdpa" and not dropout and not self.window_size and onednn_attention_applies(query, key):
-            attn_output, attn_weights = onednn_attention(query, key, value, rel_h, rel_w, self.scaling), None
-        elif implementation == "sdpa" and not dropout and self.window_size and per_window_attention_applies(query):
+        elif fast_sdpa and self.window_size and per_window_attention_applies(query):
             attn_output, attn_weights = per_window_attention(query, key, value, rel_h, rel_w, self.scaling), None
         elif implementation == "sdpa":
             chunk_bytes = AUTOGRAD_SDPA_BIAS_CHUNK_BYTES if torch.is_grad_enabled() else SDPA_BIAS_CHUNK_BYTES
@@ -323,21 +337,25 @@ def onednn_attention_applies(query: torch.Tensor, key: torch.Tensor) -> bool:
     return ONEDNN_LINEAR_ADD is not None and onednn_applies(query, key, None)
 
 
-def onednn_attention(query, key, value, rel_h, rel_w, scaling: float) -> torch.Tensor:
-    """Attention with the decomposed relative-position bias for the global blocks, outside autograd, per head and
-    chunk of query rows (`ONEDNN_SCORES_CHUNK_BYTES` of scores): q.k^T plus the bias in one oneDNN call, softmax in
-    place, times v in another. Returns [B, N, heads, head_dim].
+def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, height: int, width: int) -> torch.Tensor:
+    """Attention with the decomposed relative-position bias for the global blocks (a height x width grid), outside
+    autograd, per head and chunk of whole grid rows of queries (`ONEDNN_SCORES_CHUNK_BYTES` of scores): the chunk's
+    relative-position terms in one oneDNN product (read through `relative_terms_views`), q.k^T plus their bias in
+    another, softmax in place, times v in a third. Returns [B, N, heads, head_dim].
 
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
-    tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time.
+    tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per chunk, the terms need no
+    [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size).
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
-    height, width = rel_h.shape[-1], rel_w.shape[-1]
-    num_chunks = -(-queries // max(1, ONEDNN_SCORES_CHUNK_BYTES // (keys * query.element_size())))
-    rows = -(-queries // num_chunks)
+    # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
+    tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
+    grid_rows = max(1, ONEDNN_SCORES_CHUNK_BYTES // (width * keys * query.element_size()))
+    grid_rows = -(-height // -(-height // grid_rows))  # equal chunks, no small tail call
+    rows = grid_rows * width
     output = query.new_empty(batch, queries, heads, head_dim)
-    bias = query.new_empty(rows, height, width)
+    bias = query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
         for head in range(heads):
             scaled_query = query[sample, head] * scaling
@@ -345,9 +363,11 @@ def onednn_attention(query, key, value, rel_h, rel_w, scaling: float) -> torch.T
             head_value_t = value[sample, head].t().contiguous()
             for start in range(0, queries, rows):
                 stop = min(start + rows, queries)
-                rows_h, rows_w = rel_h[sample, head, start:stop, :, None], rel_w[sample, head, start:stop, None, :]
-                chunk_bias = torch.add(rows_h, rows_w, out=bias[: stop - start]).view(stop - start, keys)
-                scores = ONEDNN_LINEAR_ADD(scaled_query[start:stop], chunk_bias, head_key, None, "add")
+                chunk_query = scaled_query[start:stop]
+                products = ONEDNN_LINEAR(chunk_query, tables, None, "none", [], "")
+                rel_h, rel_w = relative_terms_views(products, height, width, first_row=start // width)
+                chunk_bias = torch.add(rel_h[..., :, None], rel_w[..., None, :], out=bias[: (stop - start) // width])
+                scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
                 torch.ops.aten._softmax.out(scores, -1, False, out=scores)
                 output[sample, start:stop, head] = ONEDNN_LINEAR(scores, head_value_t, None, "none", [], "")
     return output
