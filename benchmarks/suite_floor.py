@@ -32,7 +32,8 @@ def _best_of(products: dict, repeats: int) -> dict:
     return timings
 
 
-def _matmul_products(size: int) -> dict:
+def matmul_products(size: int) -> dict:
+    """{library: zero-argument fp32 product of two size x size matrices}, MKL and (where torch has it) oneDNN."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     b_transposed = b.t().contiguous()  # oneDNN's linear computes a @ weight^T
     out = torch.empty(size, size)
@@ -57,7 +58,7 @@ def run(args, log=print) -> list[dict]:
     repeats = max(5, args.repeats)
     with torch.inference_mode():
         for size in size_list:
-            for library, timing in _best_of(_matmul_products(size), repeats).items():
+            for library, timing in _best_of(matmul_products(size), repeats).items():
                 gflops = 2 * size**3 / timing.median / 1e9
                 log(f"  matmul {size}^3 ({library}): {gflops:.1f} GFLOP/s (median of {repeats})")
                 rows.append(row(SUITE, f"fp32 matmul {size}x{size}x{size} ({library})", "machine", timing,

@@ -14,6 +14,7 @@ import torch
 
 from common import count_flops, row, time_side_by_side
 from models import build_ours, upstream_twin, vision_config
+from suite_floor import MATMUL_SIZES, matmul_products
 from transformers_dsvl.modeling_dsvl import low_res_view, normalize_pixels
 
 SUITE = "vision"
@@ -58,8 +59,18 @@ def run(args, log=print) -> list[dict]:
         our_flops = count_flops(encode_ours)
         workload = "hybrid 1024px (SAM-B + SigLIP-L + aligner)" if config.is_hybrid else \
             "SigLIP-only 384px (SigLIP-L + aligner)"
-        timings = time_side_by_side({"ours": encode_ours, "upstream": encode_theirs}, args.warmup, args.repeats, log)
+        # The matmul peak is probed between the rounds too: the machine's speed drifts by 10-20% within minutes, and
+        # the fraction of peak divides by the best rate measured anywhere in the run (floor suite or these probes).
+        size = 512 if args.smoke else MATMUL_SIZES[0]
+        probes = {f"matmul probe ({library})": product for library, product in matmul_products(size).items()}
+        workloads = {"ours": encode_ours, "upstream": encode_theirs, **probes}
+        timings = time_side_by_side(workloads, args.warmup, args.repeats, log)
         for name, timing in timings.items():
+            if name in probes:
+                rows.append(row(SUITE, f"fp32 matmul {size}x{size}x{size}, between the {variant} rounds "
+                                f"({name.removeprefix('matmul probe (').rstrip(')')})", "machine", timing,
+                                variant=variant, flops=2 * size**3, gflops_per_s=2 * size**3 / timing.median / 1e9))
+                continue
             rows.append(row(SUITE, workload, name, timing, variant=variant, flops=flops,
                             executed_flops=our_flops if name == "ours" else flops,
                             max_abs_difference=difference, output_scale=scale))

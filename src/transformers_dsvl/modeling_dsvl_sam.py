@@ -31,8 +31,8 @@ SDPA_BIAS_CHUNK_BYTES = 16 * 2**20
 # With autograd on (training runs, frozen towers included) the chunks training runs were tuned with: autograd holds
 # every chunk's bias for the backward anyway, so smaller chunks would only mean more kernel calls and other rounding.
 AUTOGRAD_SDPA_BIAS_CHUNK_BYTES = 64 * 2**20
-# `onednn_attention` holds a head's scores for this many bytes of query rows at a time: small enough that its
-# temporaries are reused on the heap rather than handed back to the kernel and page-faulted in again.
+# `onednn_attention` holds a head's scores for this many bytes of query rows (whole grid rows) at a time: small
+# enough that its temporaries are reused on the heap rather than handed back to the kernel and page-faulted in again.
 ONEDNN_SCORES_CHUNK_BYTES = 4 * 2**20
 # Outside autograd the MLP runs over chunks of tokens whose hidden activation is at most this many bytes (heap memory).
 MLP_CHUNK_BYTES = 16 * 2**20
