@@ -4,8 +4,7 @@
   autograd) instead of densely; outside autograd the global blocks run `onednn_attention` (per head and chunk of
   rows, products through oneDNN); plain path: the original's arithmetic (eager, dense bias).
 - SAM attention: q, k and v as three products with thirds of the fused qkv weight; plain path: the fused product.
-- SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation. The
-  block's residual adds run in place outside autograd (the same values).
+- SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation.
 - SAM window blocks outside autograd: relative-position terms as one product read through strided views (plain
   path: the einsum), and attention one window at a time through batched products (`per_window_attention`; plain
   path: the dense eager attention). The residual stream is made contiguous outside autograd; plain path: the conv's
@@ -38,7 +37,6 @@ from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
 from transformers_dsvl.modeling_dsvl import DeepSeekVLSiglipMLP
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
-    DeepSeekVLSamBlock,
     DeepSeekVLSamMLP,
     DeepSeekVLSamVisionModel,
     chunked_sdpa,
@@ -262,25 +260,6 @@ def test_relative_position_terms_by_product_equal_the_einsum(height, width):
         assert fast_h.shape == plain_h.shape and fast_w.shape == plain_w.shape
         torch.testing.assert_close(fast_h, plain_h, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fast_w, plain_w, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("layer_index", [0, 1], ids=["window", "global"])
-def test_sam_block_in_place_residual_adds_give_the_same_values(layer_index, monkeypatch):
-    """Inference adds both residuals in place (into the projection's output; the MLP chunk by chunk) and leaves its
-    input untouched."""
-    monkeypatch.setattr(modeling_dsvl_sam, "MLP_CHUNK_BYTES", 16 * 2**10)  # several MLP chunks
-    config = small_sam_config()
-    config._attn_implementation = "sdpa"
-    block = randomize_(DeepSeekVLSamBlock(config, layer_index), scale=0.1).eval()
-    hidden_states = torch.randn(2, config.grid_size, config.grid_size, config.hidden_size)
-    before = hidden_states.clone()
-    with torch.inference_mode():
-        fast, _ = block(hidden_states)
-        attn_output, _ = block.attn(block.layer_norm1(hidden_states))
-        plain = hidden_states + attn_output
-        plain = plain + block.mlp(block.layer_norm2(plain))
-    assert torch.equal(hidden_states, before)
-    assert torch.equal(fast, plain)
 
 
 def test_sam_residual_stream_is_contiguous_in_inference_only():

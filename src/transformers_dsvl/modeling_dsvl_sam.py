@@ -81,27 +81,13 @@ class DeepSeekVLSamMLP(nn.Module):
         # Inference (autograd off): GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation
         # (50 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block; a chunk is not.
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
-        num_chunks = self.num_chunks(tokens)
+        num_chunks = -(-tokens.shape[0] * self.lin1.out_features * tokens.element_size() // MLP_CHUNK_BYTES)
         if num_chunks <= 1:
             return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
         output = tokens.new_empty(tokens.shape[0], self.lin2.out_features)
         for chunk_tokens, chunk_output in zip(tokens.chunk(num_chunks), output.chunk(num_chunks)):
             chunk_output.copy_(self.lin2(torch.ops.aten.gelu_(self.lin1(chunk_tokens))))
         return output.view(*hidden_states.shape[:-1], self.lin2.out_features)
-
-    def num_chunks(self, tokens: torch.Tensor) -> int:
-        return -(-tokens.shape[0] * self.lin1.out_features * tokens.element_size() // MLP_CHUNK_BYTES)
-
-    def add_to_(self, residual: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Inference (autograd off, exact GELU): residual += MLP(hidden_states) in place, over the chunks of
-        `forward`. The same values as `residual + self(hidden_states)`, without a [tokens, C] output to fill and then
-        add (a fresh 12.6 MB at SAM-B's size)."""
-        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
-        targets = residual.view(-1, residual.shape[-1])
-        num_chunks = self.num_chunks(tokens)
-        for chunk_tokens, chunk_target in zip(tokens.chunk(num_chunks), targets.chunk(num_chunks)):
-            chunk_target.add_(self.lin2(torch.ops.aten.gelu_(self.lin1(chunk_tokens))))
-        return residual
 
 
 def relative_position_terms(
@@ -463,13 +449,9 @@ class DeepSeekVLSamBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         attn_output, attn_weights = self.attn(self.layer_norm1(hidden_states), output_attentions=output_attentions)
-        if torch.is_grad_enabled() or not self.mlp.exact_gelu or not attn_output.is_contiguous():
-            hidden_states = hidden_states + attn_output
-            hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
-            return hidden_states, attn_weights
-        # Inference: both residual adds in place, into the projection's fresh output (the same values).
-        hidden_states = attn_output.add_(hidden_states)
-        return self.mlp.add_to_(hidden_states, self.layer_norm2(hidden_states)), attn_weights
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, attn_weights
 
 
 class DeepSeekVLSamNeck(nn.Module):
