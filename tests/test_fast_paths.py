@@ -55,6 +55,7 @@ from transformers_dsvl.onednn_linear import (
     OneDNNLinear,
     onednn_applies,
     route_linears_through_onednn,
+    weight_packed,
 )
 
 TOLERANCE = 1e-4
@@ -98,7 +99,7 @@ def test_chunked_sdpa_equals_the_dense_eager_attention(chunk_bytes, monkeypatch)
 
 @pytest.mark.parametrize("height,width", [(9, 9), (5, 7)])
 @pytest.mark.parametrize("grid_rows", [1, 4, 100], ids=["1-grid-row", "4-grid-rows", "whole"])
-def test_onednn_attention_equals_the_dense_eager_attention(grid_rows, height, width, monkeypatch):
+def test_onednn_attention_equals_the_dense_eager_attention(grid_rows, height, width, packed_weights, monkeypatch):
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(2, 3, height * width, 8, generator=generator) for _ in range(3))
     rel_pos_h, rel_pos_w = torch.randn(2 * height - 1, 8, generator=generator), torch.randn(2 * width - 1, 8)
@@ -112,6 +113,9 @@ def test_onednn_attention_equals_the_dense_eager_attention(grid_rows, height, wi
         assert onednn_attention_applies(query, key)
         fast = onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling, height, width)
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    # Packed once for all chunks: both tables stacked, then each (sample, head)'s keys and transposed values.
+    tables = (2 * height - 1 + 2 * width - 1, 8)
+    assert packed_weights == [tables] + [(height * width, 8), (8, height * width)] * 2 * 3
     assert not onednn_attention_applies(query.requires_grad_(), key)  # training keeps sdpa (it has a backward)
 
 
@@ -175,11 +179,14 @@ def test_window_attention_equals_the_original(implementation, qkv_bias, autograd
         assert (fast - plain).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["nn.Linear", "OneDNNLinear"])
 @pytest.mark.parametrize("chunk_bytes", [2**30, 20 * 192 * 4], ids=["whole", "3-chunks"])
-def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, monkeypatch):
+def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, onednn, packed_weights, monkeypatch):
     monkeypatch.setattr(modeling_dsvl_sam, "MLP_CHUNK_BYTES", chunk_bytes)  # 50 tokens of 192 hidden floats
     config = small_sam_config()
     mlp = randomize_(DeepSeekVLSamMLP(config)).eval()
+    if onednn:
+        route_linears_through_onednn(mlp)
     hidden_states = torch.randn(2, 5, 5, config.hidden_size)
     plain = mlp.lin2(mlp.act(mlp.lin1(hidden_states)))
     calls = []
@@ -188,6 +195,8 @@ def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, monkeypatch):
     with torch.inference_mode():
         fast = mlp(hidden_states)
     assert len(calls) == (3 if chunk_bytes < 2**30 else 1)
+    # Chunks share one packed copy of each weight (oneDNN layers only); one chunk needs none.
+    assert len(packed_weights) == (2 if onednn and chunk_bytes < 2**30 else 0)
     assert fast.shape == plain.shape
     torch.testing.assert_close(fast, plain.detach(), atol=TOLERANCE, rtol=TOLERANCE)
     monkeypatch.undo()
@@ -328,6 +337,20 @@ def onednn_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def packed_weights(monkeypatch):
+    """Shapes of the weights packed for oneDNN (`pack_weight`)."""
+    calls = []
+    pack = onednn_linear.ONEDNN_PACK_WEIGHT
+
+    def counting_pack(weight, batch_size):
+        calls.append(tuple(weight.shape))
+        return pack(weight, batch_size)
+
+    monkeypatch.setattr(onednn_linear, "ONEDNN_PACK_WEIGHT", counting_pack)
+    return calls
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     generator = torch.Generator().manual_seed(0)
@@ -352,6 +375,37 @@ def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     # Autograd on, weights frozen (a frozen tower in a training run): F.linear's rounding.
     assert torch.equal(layer.requires_grad_(False)(inputs[0]), F.linear(inputs[0], layer.weight, layer.bias))
     assert len(onednn_calls) == len(inputs) + 1
+
+
+def test_packed_weight_gives_the_plain_outputs_for_one_forward_only(onednn_calls, packed_weights):
+    generator = torch.Generator().manual_seed(0)
+    layer = randomize_(route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(96, 200)))[0], 0).eval()
+    hook_calls = []
+    layer.register_forward_hook(lambda module, args, output: hook_calls.append(output.shape))
+    chunks = [torch.randn(16, 96, generator=generator), torch.randn(9, 96, generator=generator),
+              torch.randn(96, 5, generator=generator).t(), torch.randn(2, 3, 96, generator=generator)]
+    with torch.inference_mode():
+        with weight_packed(layer, 16):
+            assert layer._packed_weight is not None and layer._packed_weight.is_mkldnn
+            packed = [layer(chunk) for chunk in chunks]
+        assert layer._packed_weight is None
+        plain = [F.linear(chunk, layer.weight, layer.bias) for chunk in chunks]
+    assert packed_weights == [(200, 96)] and len(onednn_calls) == len(hook_calls) == len(chunks)
+    for fast, expected in zip(packed, plain):
+        torch.testing.assert_close(fast, expected, atol=TOLERANCE, rtol=TOLERANCE)
+    # The copy is for one forward: a weight changed afterwards is what the next call uses.
+    with torch.no_grad():
+        layer.weight.mul_(2)
+        torch.testing.assert_close(layer(chunks[0]), F.linear(chunks[0], layer.weight, layer.bias),
+                                   atol=TOLERANCE, rtol=TOLERANCE)
+    # Autograd on: nothing is packed, F.linear's arithmetic exactly; a plain nn.Linear is left alone.
+    with weight_packed(layer, 16):
+        assert layer._packed_weight is None
+        assert torch.equal(layer(chunks[0]), F.linear(chunks[0], layer.weight, layer.bias))
+    plain_layer = torch.nn.Linear(96, 200)
+    with torch.inference_mode(), weight_packed(plain_layer, 16) as same:
+        assert same is plain_layer and type(plain_layer) is torch.nn.Linear
+    assert packed_weights == [(200, 96)]
 
 
 def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls, monkeypatch):

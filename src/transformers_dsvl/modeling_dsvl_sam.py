@@ -19,7 +19,15 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
-from .onednn_linear import ONEDNN_LINEAR, ONEDNN_LINEAR_ADD, linear, onednn_applies
+from .onednn_linear import (
+    ONEDNN_LINEAR,
+    ONEDNN_LINEAR_ADD,
+    ONEDNN_PACK_WEIGHT,
+    linear,
+    onednn_applies,
+    pack_weight,
+    weight_packed,
+)
 
 # Attention backends that accept an additive float mask; the others get the bias folded into query and key.
 BIAS_AS_MASK_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -85,8 +93,10 @@ class DeepSeekVLSamMLP(nn.Module):
         if num_chunks <= 1:
             return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
         output = tokens.new_empty(tokens.shape[0], self.lin2.out_features)
-        for chunk_tokens, chunk_output in zip(tokens.chunk(num_chunks), output.chunk(num_chunks)):
-            chunk_output.copy_(self.lin2(torch.ops.aten.gelu_(self.lin1(chunk_tokens))))
+        chunk_tokens = -(-tokens.shape[0] // num_chunks)
+        with weight_packed(self.lin1, chunk_tokens), weight_packed(self.lin2, chunk_tokens):
+            for chunk_input, chunk_output in zip(tokens.chunk(num_chunks), output.chunk(num_chunks)):
+                chunk_output.copy_(self.lin2(torch.ops.aten.gelu_(self.lin1(chunk_input))))
         return output.view(*hidden_states.shape[:-1], self.lin2.out_features)
 
 
@@ -334,7 +344,7 @@ def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float
 
 def onednn_attention_applies(query: torch.Tensor, key: torch.Tensor) -> bool:
     """As the oneDNN linears: float32 dense CPU tensors with autograd off (see `onednn_applies`)."""
-    return ONEDNN_LINEAR_ADD is not None and onednn_applies(query, key, None)
+    return ONEDNN_LINEAR_ADD is not None and ONEDNN_PACK_WEIGHT is not None and onednn_applies(query, key, None)
 
 
 def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, height: int, width: int) -> torch.Tensor:
@@ -345,22 +355,23 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
 
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
     tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per chunk, the terms need no
-    [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size).
+    [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). The tables, and each
+    head's keys and values, are packed once for all of its chunks (`pack_weight`).
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
-    # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
-    tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
     grid_rows = max(1, ONEDNN_SCORES_CHUNK_BYTES // (width * keys * query.element_size()))
     grid_rows = -(-height // -(-height // grid_rows))  # equal chunks, no small tail call
     rows = grid_rows * width
+    # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
+    tables = pack_weight(flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling, rows)
     output = query.new_empty(batch, queries, heads, head_dim)
     bias = query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
         for head in range(heads):
             scaled_query = query[sample, head] * scaling
-            head_key = key[sample, head].contiguous()
-            head_value_t = value[sample, head].t().contiguous()
+            head_key = pack_weight(key[sample, head], rows)
+            head_value_t = pack_weight(value[sample, head].t(), rows)
             for start in range(0, queries, rows):
                 stop = min(start + rows, queries)
                 chunk_query = scaled_query[start:stop]
