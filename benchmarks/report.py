@@ -155,8 +155,9 @@ def render(results: dict, image_name: str = "benchmarks.png") -> str:
         lines.append("")
         lines.append(f"Measured peak: **{peak:.1f} GFLOP/s** fp32 matmul"
                      + (f", **{bandwidth:.1f} GB/s** matrix-vector (memory) bandwidth" if bandwidth else "")
-                     + " (the better of MKL and oneDNN in each case; the matmul peak is the best median of the floor "
-                     "suite and of the probes taken between the vision rounds).")
+                     + " (the better of MKL and oneDNN in each case, for the matmul also oneDNN with a packed "
+                     "weight; the matmul peak is the best median of the floor suite and of the probes taken between "
+                     "the vision rounds).")
         lines.append("")
         lines.append("| workload | implementation | GFLOP (counted) | floor at peak | median | GFLOP/s reached | "
                      "fraction of peak |")

@@ -3,8 +3,10 @@ prefill) and the bandwidth of a matrix-vector product over a matrix far larger t
 memory-bound work: decoding one token reads every weight once).
 
 Each is measured with both matrix libraries torch has on CPU: MKL (`torch.matmul`, `torch.mv`, what upstream's layers
-run) and oneDNN (the operator of `transformers_dsvl.onednn_linear`, what ours run); the peak is the better of the two,
-so no implementation can exceed it by picking the faster library.
+run) and oneDNN (the operator of `transformers_dsvl.onednn_linear`, what ours run), the matmul also with its weight
+packed beforehand into oneDNN's blocked layout (`onednn_linear.pack_weight`, which ours use for weights applied to
+several chunks); the peak is the best of them, so no implementation can exceed it by picking the faster library or
+layout.
 
 The FLOPs of each workload are counted in its own suite (torch's FlopCounterMode); the report divides them by the
 measured times and by the peak measured here.
@@ -33,13 +35,18 @@ def _best_of(products: dict, repeats: int) -> dict:
 
 
 def matmul_products(size: int) -> dict:
-    """{library: zero-argument fp32 product of two size x size matrices}, MKL and (where torch has it) oneDNN."""
+    """{library: zero-argument fp32 product of two size x size matrices}, MKL and (where torch has them) oneDNN with a
+    plain and a packed weight."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     b_transposed = b.t().contiguous()  # oneDNN's linear computes a @ weight^T
     out = torch.empty(size, size)
     products = {"MKL, torch.matmul": lambda: torch.matmul(a, b, out=out)}
     if onednn_linear.ONEDNN_LINEAR is not None:
         products["oneDNN"] = lambda: onednn_linear.ONEDNN_LINEAR(a, b_transposed, None, "none", [], "")
+    if onednn_linear.ONEDNN_PACK_WEIGHT is not None:
+        with torch.inference_mode():
+            b_packed = onednn_linear.pack_weight(b_transposed, size)
+        products["oneDNN, packed weight"] = lambda: onednn_linear.ONEDNN_LINEAR(a, b_packed, None, "none", [], "")
     return products
 
 
