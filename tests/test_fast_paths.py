@@ -420,6 +420,12 @@ def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls
         assert torch.equal(layer.double()(hidden.double()), F.linear(hidden.double(), layer.weight, layer.bias))
         assert not onednn_applies(hidden.bfloat16(), layer.weight, None)
     assert onednn_calls == []
+    # A weight sliced out of a wider matrix (gaps between its rows) would take oneDNN's slow path: F.linear takes it.
+    wide = torch.randn(8, 40)
+    with torch.no_grad():
+        assert torch.equal(onednn_linear.linear(hidden, wide[:, 8:24]), F.linear(hidden, wide[:, 8:24]))
+        assert onednn_applies(hidden, wide[:, 8:24].t().contiguous().t(), None)  # a transposed matrix is dense
+    assert onednn_calls == []
     # Frozen weights but an input that needs a gradient (e.g. an adapter below): still autograd, still F.linear.
     layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].requires_grad_(False).eval()
     assert not onednn_applies(hidden.requires_grad_(), layer.weight, layer.bias)

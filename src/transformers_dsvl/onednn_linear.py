@@ -54,7 +54,13 @@ def onednn_applies(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if any(tensor.device.type != "cpu" or tensor.dtype != torch.float32 or tensor.layout != torch.strided
            for tensor in tensors):
         return False
-    return True
+    return not _has_row_gaps(weight)
+
+
+def _has_row_gaps(weight: torch.Tensor) -> bool:
+    """A matrix that is a slice of a wider one, neither it nor its transpose contiguous: oneDNN's linear takes a path
+    hundreds of times slower for it (361 ms against 0.1 ms for a 576 x 64 slice of a 576 x 1024 map), F.linear not."""
+    return weight.dim() == 2 and not (weight.is_contiguous() or weight.t().is_contiguous())
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
