@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from model_helpers import prompt_ids, random_images, randomize_, tiny_model
 from processor_helpers import noise_rgb, tiny_image_processor
 from transformers.activations import ACT2FN
-from transformers.models.siglip.modeling_siglip import SiglipMLP
+from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipMLP
 
 from transformers_dsvl import modeling_dsvl_sam, onednn_linear
 from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
-from transformers_dsvl.modeling_dsvl import DeepSeekVLSiglipMLP
+from transformers_dsvl import modeling_dsvl
+from transformers_dsvl.modeling_dsvl import DeepSeekVLSiglipAttention, DeepSeekVLSiglipMLP
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
     DeepSeekVLSamMLP,
@@ -306,6 +307,49 @@ def test_siglip_mlp_in_place_activation_gives_the_same_values(activation):
     assert torch.equal(trained.detach(), plain)
     trained.sum().backward()
     assert hidden_states.grad is not None and hidden_states.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["tiny", "tiny-hybrid"])
+def test_siglip_per_head_attention_equals_sdpa_and_eager(variant, monkeypatch):
+    """Inference under sdpa runs the per-head oneDNN attention; masks, eager, dropout and autograd keep transformers'."""
+    model = tiny_model(variant, attn_implementation="sdpa")
+    attentions = [module for module in model.modules() if isinstance(module, SiglipAttention)]
+    assert attentions and all(type(module) is DeepSeekVLSiglipAttention for module in attentions)
+    attention = randomize_(attentions[0], 0).eval()
+    generator = torch.Generator().manual_seed(0)
+    hidden_states = torch.randn(3, 11, attention.embed_dim, generator=generator)
+    calls = []
+    real_per_head = modeling_dsvl.per_head_attention
+    monkeypatch.setattr(modeling_dsvl, "per_head_attention", lambda *args: calls.append(args[0].shape) or
+                        real_per_head(*args))
+    sdpa = SiglipAttention.forward(attention, hidden_states)[0].detach()
+    config = copy.copy(attention.config)
+    config._attn_implementation = "eager"
+    eager_attention = copy.copy(attention)
+    eager_attention.config = config
+    eager, eager_weights = SiglipAttention.forward(eager_attention, hidden_states)
+    with torch.inference_mode():
+        fast, weights = attention(hidden_states)
+    assert calls == [(3, 11, attention.num_heads, attention.head_dim)] and weights is None
+    assert sdpa.abs().max() > 0.1
+    torch.testing.assert_close(fast, sdpa, atol=TOLERANCE, rtol=TOLERANCE)
+    torch.testing.assert_close(fast, eager.detach(), atol=TOLERANCE, rtol=TOLERANCE)
+    with torch.inference_mode():
+        # A mask (padding), the eager implementation (attention weights) and dropout in training take the original.
+        mask = torch.zeros(3, 1, 11, 11)
+        mask[:, :, :, -3:] = torch.finfo(torch.float32).min
+        masked = attention(hidden_states, attention_mask=mask)[0]
+        torch.testing.assert_close(masked, SiglipAttention.forward(attention, hidden_states, attention_mask=mask)[0])
+        assert not torch.allclose(masked, fast, atol=1e-3)
+        torch.testing.assert_close(eager_attention(hidden_states)[1], eager_weights.detach())
+        attention.dropout = 0.5
+        attention.train()(hidden_states)
+    assert len(calls) == 1
+    # Autograd on: transformers' forward, gradients flow.
+    trained = attention.eval()(hidden_states.requires_grad_())[0]
+    trained.sum().backward()
+    assert len(calls) == 1 and hidden_states.grad is not None and hidden_states.grad.abs().sum() > 0
+    torch.testing.assert_close(trained.detach(), sdpa, atol=TOLERANCE, rtol=TOLERANCE)
 
 
 def test_model_image_features_fast_equals_plain():
