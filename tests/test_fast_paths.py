@@ -32,9 +32,8 @@ from processor_helpers import noise_rgb, tiny_image_processor
 from transformers.activations import ACT2FN
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipMLP
 
-from transformers_dsvl import modeling_dsvl_sam, onednn_linear
+from transformers_dsvl import modeling_dsvl, modeling_dsvl_sam, onednn_linear
 from transformers_dsvl.configuration_dsvl import DeepSeekVLSamVisionConfig
-from transformers_dsvl import modeling_dsvl
 from transformers_dsvl.modeling_dsvl import DeepSeekVLSiglipAttention, DeepSeekVLSiglipMLP
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
@@ -57,6 +56,7 @@ from transformers_dsvl.onednn_linear import (
     onednn_applies,
     route_linears_through_onednn,
     weight_packed,
+    weight_packing_applies,
 )
 
 TOLERANCE = 1e-4
@@ -311,7 +311,8 @@ def test_siglip_mlp_in_place_activation_gives_the_same_values(activation):
 
 @pytest.mark.parametrize("variant", ["tiny", "tiny-hybrid"])
 def test_siglip_per_head_attention_equals_sdpa_and_eager(variant, monkeypatch):
-    """Inference under sdpa runs the per-head oneDNN attention; masks, eager, dropout and autograd keep transformers'."""
+    """Inference under sdpa runs the per-head oneDNN attention; masks, eager, dropout and autograd keep
+    transformers'."""
     model = tiny_model(variant, attn_implementation="sdpa")
     attentions = [module for module in model.modules() if isinstance(module, SiglipAttention)]
     assert attentions and all(type(module) is DeepSeekVLSiglipAttention for module in attentions)
@@ -477,6 +478,24 @@ def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls
     with torch.no_grad():
         layer(hidden)
     assert onednn_calls == []
+
+
+def test_only_weights_that_onednn_takes_are_packed(packed_weights, monkeypatch):
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0]
+    bf16_layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].bfloat16()
+    hidden = torch.randn(4, 16)
+    with torch.inference_mode():
+        assert weight_packing_applies(layer.weight, layer.bias)
+        assert not weight_packing_applies(torch.randn(8, 40)[:, 8:24], None)  # gaps between rows: F.linear's
+        with weight_packed(bf16_layer, 4):
+            assert bf16_layer._packed_weight is None
+            assert torch.equal(bf16_layer(hidden.bfloat16()), F.linear(hidden.bfloat16(), bf16_layer.weight,
+                                                                      bf16_layer.bias))
+        monkeypatch.setattr(onednn_linear, "ENABLED", False)
+        assert not weight_packing_applies(layer.weight, layer.bias)
+        monkeypatch.setattr(onednn_linear, "ENABLED", True)
+    assert not weight_packing_applies(layer.weight, layer.bias)  # autograd on
+    assert packed_weights == []
 
 
 @pytest.mark.parametrize("variant", ["tiny", "tiny-hybrid"])

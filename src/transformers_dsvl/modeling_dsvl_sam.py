@@ -271,40 +271,40 @@ class DeepSeekVLSamAttention(nn.Module):
                 "Fix: load the model with attn_implementation='eager'."
             )
         dropout = self.config.attention_dropout if self.training else 0.0
-        fast_sdpa = implementation == "sdpa" and not dropout
-        if fast_sdpa and not self.window_size and onednn_attention_applies(query, key):
+        if implementation == "sdpa" and not dropout and not self.window_size and onednn_attention_applies(query, key):
             attn_output = onednn_attention(
                 query, key, value, self.rel_pos_h, self.rel_pos_w, self.scaling, height, width
             )
-            return self.proj(attn_output.reshape(windows, size_h, size_w, channels)), None
+            attn_weights = None
+        else:
+            attn_output, attn_weights = self.attend(query, key, value, size_h, size_w, implementation, dropout)
 
+        attn_output = attn_output.reshape(windows, size_h, size_w, channels)
+        if self.window_size:
+            attn_output = window_unpartition(attn_output, self.window_size, padded_hw, (height, width))
+        return self.proj(attn_output), attn_weights
+
+    def attend(self, query, key, value, size_h: int, size_w: int, implementation: str, dropout: float):
+        """Attention of [windows, heads, N, head_dim] queries over a size_h x size_w grid with the relative-position
+        terms, through `implementation`. Returns the output [windows, N, heads, head_dim] and the weights or None."""
         # eager is the original's arithmetic, and autograd keeps the training runs' rounding: both take the einsum.
         by_product = self.window_size and implementation != "eager" and not torch.is_grad_enabled()
         terms = relative_position_terms_by_product if by_product else relative_position_terms
         rel_h, rel_w = terms(query, self.rel_pos_h, self.rel_pos_w, size_h, size_w)
         if implementation == "eager":
             bias = dense_relative_bias(rel_h, rel_w)
-            attn_output, attn_weights = sam_eager_attention_forward(
-                self, query, key, value, bias, scaling=self.scaling, dropout=dropout
-            )
-        elif fast_sdpa and self.window_size and per_window_attention_applies(query):
-            attn_output, attn_weights = per_window_attention(query, key, value, rel_h, rel_w, self.scaling), None
-        elif implementation == "sdpa":
+            return sam_eager_attention_forward(self, query, key, value, bias, scaling=self.scaling, dropout=dropout)
+        if implementation == "sdpa" and not dropout and self.window_size and per_window_attention_applies(query):
+            return per_window_attention(query, key, value, rel_h, rel_w, self.scaling), None
+        if implementation == "sdpa":
             chunk_bytes = AUTOGRAD_SDPA_BIAS_CHUNK_BYTES if torch.is_grad_enabled() else SDPA_BIAS_CHUNK_BYTES
-            attn_output = chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout, chunk_bytes)
-            attn_weights = None
-        else:
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
-            wide_query, wide_key, wide_value = fold_bias_into_query_key(query, key, value, rel_h, rel_w, self.scaling)
-            attn_output, attn_weights = attention_interface(
-                self, wide_query, wide_key, wide_value, None, dropout=dropout, scaling=1.0, is_causal=False
-            )
-            attn_output = attn_output[..., : self.head_dim]
-
-        attn_output = attn_output.reshape(windows, size_h, size_w, channels)
-        if self.window_size:
-            attn_output = window_unpartition(attn_output, self.window_size, padded_hw, (height, width))
-        return self.proj(attn_output), attn_weights
+            return chunked_sdpa(query, key, value, rel_h, rel_w, self.scaling, dropout, chunk_bytes), None
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
+        wide_query, wide_key, wide_value = fold_bias_into_query_key(query, key, value, rel_h, rel_w, self.scaling)
+        attn_output, attn_weights = attention_interface(
+            self, wide_query, wide_key, wide_value, None, dropout=dropout, scaling=1.0, is_causal=False
+        )
+        return attn_output[..., : self.head_dim], attn_weights
 
 
 def chunked_sdpa(query, key, value, rel_h, rel_w, scaling: float, dropout: float = 0.0,

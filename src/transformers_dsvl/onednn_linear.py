@@ -46,15 +46,27 @@ def onednn_applies(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """Whether `OneDNNLinear` sends this call to oneDNN: float32 dense CPU tensors with autograd off
     (`torch.no_grad()`, `torch.inference_mode()`, as `generate` and pipelines run). With autograd on, frozen layers
     included, training runs keep `F.linear`'s rounding (the oneDNN operator has no backward in any case)."""
+    return _onednn_takes(input, weight, bias) and not _has_row_gaps(weight)
+
+
+def weight_packing_applies(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether packing this layer's weight can serve its calls: `onednn_applies` as far as the weight and bias decide
+    (each call still checks its own input before it uses the packed copy)."""
+    return ONEDNN_PACK_WEIGHT is not None and _onednn_takes(weight, bias) and not _has_row_gaps(weight)
+
+
+def _onednn_takes(*tensors: torch.Tensor | None) -> bool:
+    """oneDNN is enabled, autograd off, not compiling, and every given tensor a plain float32 dense CPU tensor."""
     if not ENABLED or ONEDNN_LINEAR is None or torch.compiler.is_compiling() or torch.is_grad_enabled():
         return False
-    tensors = (input, weight) if bias is None else (input, weight, bias)
-    if any(type(tensor) not in _PLAIN_TENSOR_TYPES for tensor in tensors):
-        return False
-    if any(tensor.device.type != "cpu" or tensor.dtype != torch.float32 or tensor.layout != torch.strided
-           for tensor in tensors):
-        return False
-    return not _has_row_gaps(weight)
+    return all(
+        type(tensor) in _PLAIN_TENSOR_TYPES
+        and tensor.device.type == "cpu"
+        and tensor.dtype == torch.float32
+        and tensor.layout == torch.strided
+        for tensor in tensors
+        if tensor is not None
+    )
 
 
 def _has_row_gaps(weight: torch.Tensor) -> bool:
@@ -91,7 +103,7 @@ class OneDNNLinear(nn.Linear):
     def weight_packed(self, batch_size: int):
         """Within the block, calls that go to oneDNN use the weight packed once (see `pack_weight`): for a layer
         applied to several chunks of about `batch_size` rows in one forward. Module hooks still run on every call."""
-        if ONEDNN_PACK_WEIGHT is None or not onednn_applies(self.weight, self.weight, self.bias):
+        if not weight_packing_applies(self.weight, self.bias):
             yield self
             return
         self._packed_weight = pack_weight(self.weight, batch_size)
