@@ -114,9 +114,8 @@ def test_onednn_attention_equals_the_dense_eager_attention(grid_rows, height, wi
         assert onednn_attention_applies(query, key)
         fast = onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling, height, width)
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
-    # Packed once for all chunks: both tables stacked, then each (sample, head)'s keys and transposed values.
-    tables = (2 * height - 1 + 2 * width - 1, 8)
-    assert packed_weights == [tables] + [(height * width, 8), (8, height * width)] * 2 * 3
+    # Packed once for all chunks: each (sample, head)'s keys and transposed values.
+    assert packed_weights == [(height * width, 8), (8, height * width)] * 2 * 3
     assert not onednn_attention_applies(query.requires_grad_(), key)  # training keeps sdpa (it has a backward)
 
 
@@ -147,6 +146,34 @@ def test_attention_dropout_keeps_sdpa(monkeypatch):
     assert calls == []
 
 
+def original_window_unpartition(windows, window_size, padded_hw, original_hw) -> torch.Tensor:
+    """The original's form: rebuild the padded map, then crop it."""
+    (padded_h, padded_w), (height, width) = padded_hw, original_hw
+    batch = windows.shape[0] // ((padded_h // window_size) * (padded_w // window_size))
+    grid = windows.reshape(batch, padded_h // window_size, padded_w // window_size, window_size, window_size, -1)
+    padded = grid.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
+    return padded[:, :height, :width, :].contiguous()
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (10, 7), (3, 9), (2, 2)])
+def test_window_unpartition_equals_the_original(height, width):
+    """Straight into the cropped map, band by band: the same values (and gradients) as building the padded map and
+    cropping it, with and without padding, grids narrower than a window included."""
+    window_size = 4
+    hidden_states = torch.randn(2, height, width, 3)
+    windows, padded_hw = window_partition(hidden_states, window_size)
+    windows = (windows * 2).requires_grad_()
+    ours = window_unpartition(windows, window_size, padded_hw, (height, width))
+    original = original_window_unpartition(windows, window_size, padded_hw, (height, width))
+    assert ours.shape == original.shape == hidden_states.shape and ours.is_contiguous()
+    assert torch.equal(ours, original)
+    assert torch.equal(ours, hidden_states * 2)  # partition and unpartition are inverses on the real tokens
+    upstream = torch.randn_like(ours)
+    (ours_grad,) = torch.autograd.grad(ours, windows, upstream)
+    (original_grad,) = torch.autograd.grad(original, windows, upstream)
+    assert torch.equal(ours_grad, original_grad)
+
+
 def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: torch.Tensor) -> torch.Tensor:
     """The original block's attention: zero-pad the map, cut windows, project every padded token, attend, project,
     crop (eager arithmetic)."""
@@ -159,7 +186,7 @@ def original_window_attention(module: DeepSeekVLSamAttention, hidden_states: tor
     output, _ = sam_eager_attention_forward(module, query, key, value, dense_relative_bias(rel_h, rel_w),
                                             module.scaling)
     output = module.proj(output.reshape(count, size, size, -1))
-    return window_unpartition(output, size, padded_hw, (height, width))
+    return original_window_unpartition(output, size, padded_hw, (height, width))
 
 
 @pytest.mark.parametrize("autograd", [False, True], ids=["no-grad", "autograd"])
@@ -451,6 +478,24 @@ def test_packed_weight_gives_the_plain_outputs_for_one_forward_only(onednn_calls
     with torch.inference_mode(), weight_packed(plain_layer, 16) as same:
         assert same is plain_layer and type(plain_layer) is torch.nn.Linear
     assert packed_weights == [(200, 96)]
+
+
+def test_only_weights_that_onednn_takes_are_packed(packed_weights, monkeypatch):
+    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0]
+    bf16_layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].bfloat16()
+    hidden = torch.randn(4, 16)
+    with torch.inference_mode():
+        assert weight_packing_applies(layer.weight, layer.bias)
+        assert not weight_packing_applies(torch.randn(8, 40)[:, 8:24], None)  # gaps between rows: F.linear's
+        with weight_packed(bf16_layer, 4):
+            assert bf16_layer._packed_weight is None
+            assert torch.equal(bf16_layer(hidden.bfloat16()), F.linear(hidden.bfloat16(), bf16_layer.weight,
+                                                                      bf16_layer.bias))
+        monkeypatch.setattr(onednn_linear, "ENABLED", False)
+        assert not weight_packing_applies(layer.weight, layer.bias)
+        monkeypatch.setattr(onednn_linear, "ENABLED", True)
+    assert not weight_packing_applies(layer.weight, layer.bias)  # autograd on
+    assert packed_weights == []
 
 
 def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls, monkeypatch):

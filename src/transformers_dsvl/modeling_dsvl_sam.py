@@ -349,14 +349,14 @@ def onednn_attention_applies(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, height: int, width: int) -> torch.Tensor:
     """Attention with the decomposed relative-position bias for the global blocks (a height x width grid), outside
-    autograd, per head and chunk of whole grid rows of queries (`ONEDNN_SCORES_CHUNK_BYTES` of scores): the chunk's
-    relative-position terms in one oneDNN product (read through `relative_terms_views`), q.k^T plus their bias in
-    another, softmax in place, times v in a third. Returns [B, N, heads, head_dim].
+    autograd, per head: the head's relative-position terms in one oneDNN product (read through
+    `relative_terms_views`), then per chunk of whole grid rows of queries (`ONEDNN_SCORES_CHUNK_BYTES` of scores)
+    q.k^T plus their bias in another, softmax in place, times v in a third. Returns [B, N, heads, head_dim].
 
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
-    tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per chunk, the terms need no
-    [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). The tables, and each
-    head's keys and values, are packed once for all of its chunks (`pack_weight`).
+    tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per head, the terms need no
+    [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). Each head's keys and
+    values are packed once for all of its chunks (`pack_weight`).
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
@@ -364,7 +364,7 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     grid_rows = -(-height // -(-height // grid_rows))  # equal chunks, no small tail call
     rows = grid_rows * width
     # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
-    tables = pack_weight(flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling, rows)
+    tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
     output = query.new_empty(batch, queries, heads, head_dim)
     bias = query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
@@ -372,11 +372,11 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
             scaled_query = query[sample, head] * scaling
             head_key = pack_weight(key[sample, head], rows)
             head_value_t = pack_weight(value[sample, head].t(), rows)
+            products = ONEDNN_LINEAR(scaled_query, tables, None, "none", [], "")
             for start in range(0, queries, rows):
                 stop = min(start + rows, queries)
                 chunk_query = scaled_query[start:stop]
-                products = ONEDNN_LINEAR(chunk_query, tables, None, "none", [], "")
-                rel_h, rel_w = relative_terms_views(products, height, width, first_row=start // width)
+                rel_h, rel_w = relative_terms_views(products[start:stop], height, width, first_row=start // width)
                 chunk_bias = torch.add(rel_h[..., :, None], rel_w[..., None, :], out=bias[: (stop - start) // width])
                 scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
                 torch.ops.aten._softmax.out(scores, -1, False, out=scores)
@@ -441,14 +441,28 @@ def window_partition(hidden_states: torch.Tensor, window_size: int) -> tuple[tor
 
 
 def window_unpartition(windows, window_size, padded_hw, original_hw) -> torch.Tensor:
+    """Windows [B * rows * cols, window, window, C] back into the NHWC map, cropped to `original_hw`, in one pass
+    (no padded map is built and cropped again: at SAM-B's size that was a second fresh 12 MB buffer per block).
+    """
     padded_h, padded_w = padded_hw
     height, width = original_hw
-    batch = windows.shape[0] // ((padded_h // window_size) * (padded_w // window_size))
-    hidden_states = windows.reshape(
-        batch, padded_h // window_size, padded_w // window_size, window_size, window_size, -1
-    )
-    hidden_states = hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
-    return hidden_states[:, :height, :width, :].contiguous()
+    rows, cols = padded_h // window_size, padded_w // window_size
+    batch = windows.shape[0] // (rows * cols)
+    # [B, window row, row within it, window column, column within it, C]
+    grid = windows.reshape(batch, rows, cols, window_size, window_size, -1).permute(0, 1, 3, 2, 4, 5)
+    output = windows.new_empty(batch, height, width, grid.shape[-1])
+    whole_cols = width // window_size
+    cut_w = width - whole_cols * window_size
+    # Band by band of window rows: only the whole windows of a band split its width into (window, column) as a view.
+    for row in range(rows):
+        band = output[:, row * window_size : (row + 1) * window_size]
+        kept_h = band.shape[1]
+        band[:, :, : whole_cols * window_size].unflatten(2, (whole_cols, window_size)).copy_(
+            grid[:, row, :kept_h, :whole_cols]
+        )
+        if cut_w:
+            band[:, :, whole_cols * window_size :].copy_(grid[:, row, :kept_h, whole_cols, :cut_w])
+    return output
 
 
 class DeepSeekVLSamBlock(GradientCheckpointingLayer):
