@@ -43,3 +43,11 @@ def test_freed_memory_is_reused_instead_of_faulted_back_in():
     # 50 steps of 9 MiB in fresh mmaps: thousands of faults by default; a handful at most once memory is kept.
     assert default > 5000, default
     assert kept < default / 50, (kept, default)
+
+
+def test_keep_freed_memory_is_public():
+    """The README's CPU-inference advice names it at the package's top level."""
+    import transformers_dsvl
+    from transformers_dsvl.allocator import keep_freed_memory
+
+    assert transformers_dsvl.keep_freed_memory is keep_freed_memory and "keep_freed_memory" in transformers_dsvl.__all__

@@ -1,5 +1,6 @@
 """DeepSeek-VL as a Hugging Face Transformers model package."""
 
+from .allocator import keep_freed_memory
 from .auto_registration import register_auto_classes
 from .configuration_dsvl import PRESETS, DeepSeekVLConfig, DeepSeekVLSamVisionConfig
 from .image_processing_dsvl import DeepSeekVLImageProcessor
@@ -24,4 +25,5 @@ __all__ = [
     "DeepSeekVLForSequenceClassification",
     "DeepSeekVLImageProcessor",
     "DeepSeekVLProcessor",
+    "keep_freed_memory",
 ]
