@@ -36,12 +36,30 @@ def _rows(results: dict, suite: str) -> list[dict]:
 
 
 def _peaks(results: dict) -> tuple[float | None, float | None]:
-    """The best matmul rate measured anywhere (the floor suite and the probes between the vision rounds) and the
-    best matrix-vector bandwidth."""
-    measured = _rows(results, "floor") + [r for r in _rows(results, "vision") if r["implementation"] == "machine"]
+    """The floor suite's best matmul rate and best matrix-vector bandwidth."""
+    measured = _rows(results, "floor")
     gflops = [r["gflops_per_s"] for r in measured if "gflops_per_s" in r]
     bandwidth = [r["gbytes_per_s"] for r in measured if "gbytes_per_s" in r]
     return (max(gflops) if gflops else None), (max(bandwidth) if bandwidth else None)
+
+
+def _probe_peaks(results: dict) -> dict[str, float]:
+    """Per vision variant, the best matmul rate of the probes taken between that workload's rounds."""
+    peaks: dict[str, float] = {}
+    for r in _rows(results, "vision"):
+        if r["implementation"] == "machine" and "gflops_per_s" in r:
+            peaks[r["variant"]] = max(peaks.get(r["variant"], 0.0), r["gflops_per_s"])
+    return peaks
+
+
+def peak_for(results: dict, row: dict) -> float | None:
+    """The matmul peak a workload's fraction divides by: the best median of the floor suite and of the probes taken
+    between this workload's own rounds (the machine's speed drifts by 10-30% within minutes; probes taken alongside
+    another workload measure another moment)."""
+    floor, _ = _peaks(results)
+    alongside = _probe_peaks(results).get(row.get("variant")) if row.get("suite", "vision") == "vision" else None
+    candidates = [rate for rate in (floor, alongside) if rate]
+    return max(candidates) if candidates else None
 
 
 def _by_workload(rows: list[dict]) -> dict[str, dict[str, dict]]:
@@ -114,7 +132,7 @@ def render(results: dict, image_name: str = "benchmarks.png") -> str:
     if peak:
         for r in _rows(results, "vision"):
             if r["variant"] == "hybrid" and r["implementation"] == "ours":
-                fraction = r["flops"] / r["median_s"] / 1e9 / peak
+                fraction = r["flops"] / r["median_s"] / 1e9 / peak_for(results, r)
                 met = fraction >= HYBRID_PEAK_FRACTION_TARGET
                 lines.append(f"| {r['workload']}: fraction of the measured matmul peak | {fraction:.0%} | | | at "
                              f"least {HYBRID_PEAK_FRACTION_TARGET:.0%} | {'yes' if met else '**no**'} |")
@@ -154,28 +172,32 @@ def render(results: dict, image_name: str = "benchmarks.png") -> str:
     if peak:
         lines.append("### The floor: work, the machine's limits, and the fraction reached")
         lines.append("")
-        lines.append(f"Measured peak: **{peak:.1f} GFLOP/s** fp32 matmul"
-                     + (f", **{bandwidth:.1f} GB/s** matrix-vector (memory) bandwidth" if bandwidth else "")
+        probes = _probe_peaks(results)
+        alongside = "".join(f"; between the {variant} rounds {rate:.1f}" for variant, rate in probes.items())
+        lines.append(f"Measured peak: **{peak:.1f} GFLOP/s** fp32 matmul in the floor suite{alongside}"
+                     + (f"; **{bandwidth:.1f} GB/s** matrix-vector (memory) bandwidth" if bandwidth else "")
                      + " (the better of MKL and oneDNN in each case, for the matmul also oneDNN with a packed "
-                     "weight; the matmul peak is the best median of the floor suite and of the probes taken between "
-                     "the vision rounds).")
+                     "weight). Each workload's fraction divides by the best of the floor suite and of the probes "
+                     "taken between its own rounds.")
         lines.append("")
-        lines.append("| workload | implementation | GFLOP (counted) | floor at peak | median | GFLOP/s reached | "
-                     "fraction of peak |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| workload | implementation | GFLOP (counted) | peak GFLOP/s | floor at peak | median | "
+                     "GFLOP/s reached | fraction of peak |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for suite in ("vision", "generation"):
             for r in _rows(results, suite):
                 if "flops" not in r or "median_s" not in r or r["implementation"] == "machine":
                     continue
                 gflop = r["flops"] / 1e9
                 rate = gflop / r["median_s"]
-                floor = gflop / peak
+                workload_peak = peak_for(results, r)
+                floor = gflop / workload_peak
                 note = ""
                 if r.get("bytes_per_step") and bandwidth:
                     floor = max(floor, r["bytes_per_step"] / 1e9 / bandwidth)
                     note = f" (memory: {r['bytes_per_step'] / 1e9:.1f} GB/step)"
-                lines.append(f"| {r['workload']}{note} | {r['implementation']} | {gflop:.1f} | {_seconds(floor)} | "
-                             f"{_seconds(r['median_s'])} | {rate:.1f} | {rate / peak:.0%} |")
+                lines.append(f"| {r['workload']}{note} | {r['implementation']} | {gflop:.1f} | {workload_peak:.1f} | "
+                             f"{_seconds(floor)} | {_seconds(r['median_s'])} | {rate:.1f} | "
+                             f"{rate / workload_peak:.0%} |")
         lines.append("")
         lines.append("FLOPs are those of upstream's computation as torch's FlopCounterMode counts them (matrix "
                      "products, convolutions, attention: the counter is taught sdpa's CPU kernel and the oneDNN "
@@ -231,14 +253,15 @@ def plot(results: dict, path: Path) -> None:
                 if "flops" in r and "median_s" in r and not r["workload"].startswith("decode") \
                         and r["implementation"] != "machine":
                     names.append(f"{r['workload']}\n{r['implementation']}")
-                    fractions.append(r["flops"] / r["median_s"] / 1e9 / peak)
+                    fractions.append(r["flops"] / r["median_s"] / 1e9 / peak_for(results, r))
                     colours.append("tab:blue" if r["implementation"] == "ours" else "tab:grey")
         axis.barh(range(len(names)), fractions, color=colours)
         axis.axvline(1.0, color="black", linestyle=":")
         axis.axvline(HYBRID_PEAK_FRACTION_TARGET, color="tab:red", linestyle="--", label="75% target (hybrid)")
         axis.set_yticks(range(len(names)), names, fontsize=7)
         axis.invert_yaxis()
-        axis.set_xlabel(f"fraction of the measured fp32 matmul peak ({peak:.0f} GFLOP/s)")
+        axis.set_xlabel(f"fraction of the measured fp32 matmul peak (floor suite {peak:.0f} GFLOP/s, or the "
+                        "probes alongside)")
         axis.legend(loc="lower right")
         axis.set_title("Compute-bound work against the machine's limit")
     fig.tight_layout()
