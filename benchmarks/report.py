@@ -260,8 +260,7 @@ def plot(results: dict, path: Path) -> None:
         axis.axvline(HYBRID_PEAK_FRACTION_TARGET, color="tab:red", linestyle="--", label="75% target (hybrid)")
         axis.set_yticks(range(len(names)), names, fontsize=7)
         axis.invert_yaxis()
-        axis.set_xlabel(f"fraction of the measured fp32 matmul peak (floor suite {peak:.0f} GFLOP/s, or the "
-                        "probes alongside)")
+        axis.set_xlabel(f"fraction of the fp32 matmul peak\n(floor suite {peak:.0f} GFLOP/s, or the probes alongside)")
         axis.legend(loc="lower right")
         axis.set_title("Compute-bound work against the machine's limit")
     fig.tight_layout()
