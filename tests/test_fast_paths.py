@@ -525,24 +525,6 @@ def test_onednn_linear_leaves_autograd_and_other_dtypes_to_f_linear(onednn_calls
     assert onednn_calls == []
 
 
-def test_only_weights_that_onednn_takes_are_packed(packed_weights, monkeypatch):
-    layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0]
-    bf16_layer = route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0].bfloat16()
-    hidden = torch.randn(4, 16)
-    with torch.inference_mode():
-        assert weight_packing_applies(layer.weight, layer.bias)
-        assert not weight_packing_applies(torch.randn(8, 40)[:, 8:24], None)  # gaps between rows: F.linear's
-        with weight_packed(bf16_layer, 4):
-            assert bf16_layer._packed_weight is None
-            assert torch.equal(bf16_layer(hidden.bfloat16()), F.linear(hidden.bfloat16(), bf16_layer.weight,
-                                                                      bf16_layer.bias))
-        monkeypatch.setattr(onednn_linear, "ENABLED", False)
-        assert not weight_packing_applies(layer.weight, layer.bias)
-        monkeypatch.setattr(onednn_linear, "ENABLED", True)
-    assert not weight_packing_applies(layer.weight, layer.bias)  # autograd on
-    assert packed_weights == []
-
-
 @pytest.mark.parametrize("variant", ["tiny", "tiny-hybrid"])
 def test_every_model_linear_runs_through_onednn_with_the_same_outputs(variant, onednn_calls, monkeypatch):
     model = tiny_model(variant, attn_implementation="sdpa")
