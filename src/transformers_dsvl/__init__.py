@@ -3,6 +3,11 @@
 from .allocator import keep_freed_memory
 from .auto_registration import register_auto_classes
 from .configuration_dsvl import PRESETS, DeepSeekVLConfig, DeepSeekVLSamVisionConfig
+from .cpu_kernels import (
+    disable_fused_cpu_kernels,
+    enable_fused_cpu_kernels,
+    fused_cpu_kernels_enabled,
+)
 from .image_processing_dsvl import DeepSeekVLImageProcessor
 from .modeling_dsvl import (
     DeepSeekVLForConditionalGeneration,
@@ -26,4 +31,7 @@ __all__ = [
     "DeepSeekVLImageProcessor",
     "DeepSeekVLProcessor",
     "keep_freed_memory",
+    "enable_fused_cpu_kernels",
+    "disable_fused_cpu_kernels",
+    "fused_cpu_kernels_enabled",
 ]

@@ -18,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from . import cpu_kernels
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
 from .onednn_linear import (
     ONEDNN_LINEAR,
@@ -356,7 +357,8 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
     tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per head, the terms need no
     [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). Each head's keys and
-    values are packed once for all of its chunks (`pack_weight`).
+    values are packed once for all of its chunks (`pack_weight`). With `enable_fused_cpu_kernels()` the bias is
+    added inside the softmax (`cpu_kernels.relative_bias_softmax_`) instead of being written out for the product.
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
@@ -366,7 +368,8 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
     tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
     output = query.new_empty(batch, queries, heads, head_dim)
-    bias = query.new_empty(grid_rows, width, height, width)
+    fused = cpu_kernels.fused_kernels_apply(query)
+    bias = None if fused else query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
         for head in range(heads):
             scaled_query = query[sample, head] * scaling
@@ -377,9 +380,14 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
                 stop = min(start + rows, queries)
                 chunk_query = scaled_query[start:stop]
                 rel_h, rel_w = relative_terms_views(products[start:stop], height, width, first_row=start // width)
-                chunk_bias = torch.add(rel_h[..., :, None], rel_w[..., None, :], out=bias[: (stop - start) // width])
-                scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
-                torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+                if fused:
+                    scores = ONEDNN_LINEAR(chunk_query, head_key, None, "none", [], "")
+                    cpu_kernels.relative_bias_softmax_(scores.view(-1, width, keys), rel_h, rel_w)
+                else:
+                    chunk_bias = bias[: (stop - start) // width]
+                    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=chunk_bias)
+                    scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
+                    torch.ops.aten._softmax.out(scores, -1, False, out=scores)
                 output[sample, start:stop, head] = ONEDNN_LINEAR(scores, head_value_t, None, "none", [], "")
     return output
 
@@ -395,11 +403,13 @@ def per_window_attention(query, key, value, rel_h, rel_w, scaling: float) -> tor
     copied into the output. Returns [windows, N, heads, head_dim].
 
     Written out because sdpa's CPU kernel tiles these 196-token windows finely: ~0.75x its time at SAM-B's 14 x 14.
+    With `enable_fused_cpu_kernels()` the whole of it is `cpu_kernels.attention` instead.
     """
+    if cpu_kernels.fused_kernels_apply(query):
+        return cpu_kernels.attention(query, key, value, scaling, rel_h, rel_w)
     windows, heads, tokens, head_dim = query.shape
-    height, width = rel_h.shape[-1], rel_w.shape[-1]
     output = query.new_empty(windows, tokens, heads, head_dim)
-    bias = query.new_empty(heads, tokens, height, width)
+    bias = query.new_empty(heads, tokens, rel_h.shape[-1], rel_w.shape[-1])
     # bmm writes a contiguous buffer faster than the strided output (~2 ms per SAM-B block), the copy costs 0.1 ms.
     attended = query.new_empty(heads, tokens, head_dim)
     for window in range(windows):

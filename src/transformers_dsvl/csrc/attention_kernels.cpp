@@ -1,0 +1,225 @@
+// Attention kernels for the vision towers' float32 CPU inference (compiled on demand by
+// transformers_dsvl/cpu_kernels.py).
+//
+// relative_bias_softmax_: softmax over the last dimension, in place, of attention scores plus SAM's decomposed
+// relative-position bias,
+//   scores[a, b, i * W + j] <- softmax over k of (scores[a, b, k] + (rel_h[a, b, row(k)] + rel_w[a, b, col(k)])),
+// or a plain softmax without rel_h and rel_w. One pass over a row adds the bias (never materialised as a tensor) and
+// finds the row's max; the row, then in L1, is exponentiated and summed, then scaled. Unfused, the dense bias is
+// written and read back, and softmax reads the sum again: three trips through the cache for every score.
+//
+// attention: softmax(scale * q.k^T [+ bias]) v for many small (sample or window, head) pairs, each pair's products
+// through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels where available; torch's batched products on CPU
+// go through MKL, which runs AVX2 code on AMD) and its scores kept in a per-thread buffer between them.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/native/CPUBlas.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+
+void check_operand(const torch::Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == torch::kFloat32 && tensor.dim() == 3, name,
+              " must be a 3-d float32 CPU tensor, got shape ", tensor.sizes(), ", ", tensor.scalar_type(), " on ",
+              tensor.device());
+  TORCH_CHECK(tensor.size(2) <= 1 || tensor.stride(2) == 1, name, " must be contiguous in its last dimension");
+}
+
+float reduce_max(Vec values) {
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, values);
+}
+
+// Scales a row of height x width scores, adds the bias and returns the row's max. The bias is rel_h + rel_w first,
+// then added to the score, as the original adds its dense bias.
+float scale_add_bias(float* row, float scale, const float* rel_h, const float* rel_w, int64_t height, int64_t width) {
+  const Vec vector_scale(scale);
+  Vec vector_max(-std::numeric_limits<float>::infinity());
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < height; ++i) {
+    float* segment = row + i * width;
+    const Vec row_term(rel_h[i]);
+    int64_t j = 0;
+    for (; j + Vec::size() <= width; j += Vec::size()) {
+      const Vec biased = Vec::loadu(segment + j) * vector_scale + (row_term + Vec::loadu(rel_w + j));
+      biased.store(segment + j);
+      vector_max = at::vec::maximum(vector_max, biased);
+    }
+    for (; j < width; ++j) {
+      segment[j] = segment[j] * scale + (rel_h[i] + rel_w[j]);
+      max = std::max(max, segment[j]);
+    }
+  }
+  return std::max(max, reduce_max(vector_max));
+}
+
+// Scales a row (a multiplication by 1 leaves it as it is) and returns its max.
+float scale_row(float* row, float scale, int64_t length) {
+  const Vec vector_scale(scale);
+  Vec vector_max(-std::numeric_limits<float>::infinity());
+  float max = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + Vec::size() <= length; j += Vec::size()) {
+    const Vec scaled = Vec::loadu(row + j) * vector_scale;
+    scaled.store(row + j);
+    vector_max = at::vec::maximum(vector_max, scaled);
+  }
+  for (; j < length; ++j) {
+    row[j] *= scale;
+    max = std::max(max, row[j]);
+  }
+  return std::max(max, reduce_max(vector_max));
+}
+
+void exponentiate_and_normalize(float* row, int64_t length, float max) {
+  const Vec vector_max(max);
+  Vec vector_sum(0.f);
+  float sum = 0.f;
+  int64_t j = 0;
+  for (; j + Vec::size() <= length; j += Vec::size()) {
+    const Vec exponential = (Vec::loadu(row + j) - vector_max).exp_u20();
+    exponential.store(row + j);
+    vector_sum = vector_sum + exponential;
+  }
+  for (; j < length; ++j) {
+    row[j] = std::exp(row[j] - max);
+    sum += row[j];
+  }
+  sum += at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vector_sum);
+  const float inverse = 1.f / sum;
+  const Vec vector_inverse(inverse);
+  j = 0;
+  for (; j + Vec::size() <= length; j += Vec::size()) (Vec::loadu(row + j) * vector_inverse).store(row + j);
+  for (; j < length; ++j) row[j] *= inverse;
+}
+
+}  // namespace
+
+void relative_bias_softmax_(torch::Tensor scores, c10::optional<torch::Tensor> rel_h,
+                            c10::optional<torch::Tensor> rel_w) {
+  check_operand(scores, "scores");
+  TORCH_CHECK(rel_h.has_value() == rel_w.has_value(), "rel_h and rel_w are given together or not at all");
+  const int64_t outer = scores.size(0), inner = scores.size(1), length = scores.size(2);
+  float* data = scores.data_ptr<float>();
+  const int64_t scores_outer = scores.stride(0), scores_inner = scores.stride(1);
+  if (!rel_h.has_value()) {
+    at::parallel_for(0, outer * inner, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        float* row = data + (r / inner) * scores_outer + (r % inner) * scores_inner;
+        exponentiate_and_normalize(row, length, scale_row(row, 1.f, length));
+      }
+    });
+    return;
+  }
+  const torch::Tensor& terms_h = *rel_h;
+  const torch::Tensor& terms_w = *rel_w;
+  check_operand(terms_h, "rel_h");
+  check_operand(terms_w, "rel_w");
+  const int64_t height = terms_h.size(2), width = terms_w.size(2);
+  TORCH_CHECK(terms_h.size(0) == outer && terms_h.size(1) == inner && terms_w.size(0) == outer &&
+                  terms_w.size(1) == inner,
+              "rel_h ", terms_h.sizes(), " and rel_w ", terms_w.sizes(), " must lead with the scores' dimensions ",
+              scores.sizes().slice(0, 2));
+  TORCH_CHECK(height * width == length, "rel_h's ", height, " by rel_w's ", width, " terms must cover the scores' ",
+              length, " keys");
+  const float* data_h = terms_h.data_ptr<float>();
+  const float* data_w = terms_w.data_ptr<float>();
+  const int64_t h_outer = terms_h.stride(0), h_inner = terms_h.stride(1);
+  const int64_t w_outer = terms_w.stride(0), w_inner = terms_w.stride(1);
+  at::parallel_for(0, outer * inner, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t a = r / inner, b = r % inner;
+      float* row = data + a * scores_outer + b * scores_inner;
+      const float max = scale_add_bias(row, 1.f, data_h + a * h_outer + b * h_inner,
+                                       data_w + a * w_outer + b * w_inner, height, width);
+      exponentiate_and_normalize(row, length, max);
+    }
+  });
+}
+
+void check_attention_operand(const torch::Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == torch::kFloat32 && tensor.dim() == 4, name,
+              " must be a 4-d float32 CPU tensor, got shape ", tensor.sizes(), ", ", tensor.scalar_type(), " on ",
+              tensor.device());
+  TORCH_CHECK(tensor.stride(3) == 1, name, " must be contiguous in its last dimension");
+}
+
+// output[n, i, h, :] = sum over j of softmax_j(scale * query[n, h, i] . key[n, h, j] [+ rel_h[n, h, i, row(j)] +
+// rel_w[n, h, i, col(j)]]) value[n, h, j, :], for query, key, value [N, heads, tokens, head_dim] and output
+// [N, tokens, heads, head_dim], any strides but the last.
+torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, double scaling,
+                        c10::optional<torch::Tensor> rel_h, c10::optional<torch::Tensor> rel_w) {
+  check_attention_operand(query, "query");
+  check_attention_operand(key, "key");
+  check_attention_operand(value, "value");
+  TORCH_CHECK(rel_h.has_value() == rel_w.has_value(), "rel_h and rel_w are given together or not at all");
+  const int64_t batch = query.size(0), heads = query.size(1), queries = query.size(2), head_dim = query.size(3);
+  const int64_t keys = key.size(2);
+  TORCH_CHECK(key.size(0) == batch && key.size(1) == heads && key.size(3) == head_dim && value.sizes() == key.sizes(),
+              "key ", key.sizes(), " and value ", value.sizes(), " must match query ", query.sizes(),
+              " but for the number of keys");
+  int64_t height = 0, width = 0;
+  if (rel_h.has_value()) {
+    check_attention_operand(*rel_h, "rel_h");
+    check_attention_operand(*rel_w, "rel_w");
+    height = rel_h->size(3);
+    width = rel_w->size(3);
+    TORCH_CHECK(rel_h->sizes().slice(0, 3) == query.sizes().slice(0, 3) &&
+                    rel_w->sizes().slice(0, 3) == query.sizes().slice(0, 3) && height * width == keys,
+                "rel_h ", rel_h->sizes(), " and rel_w ", rel_w->sizes(), " must lead with the query's ",
+                query.sizes().slice(0, 3), " and cover the ", keys, " keys");
+  }
+  torch::Tensor output = torch::empty({batch, queries, heads, head_dim}, query.options());
+  const float scale = static_cast<float>(scaling);
+  const float* q_data = query.data_ptr<float>();
+  const float* k_data = key.data_ptr<float>();
+  const float* v_data = value.data_ptr<float>();
+  float* out_data = output.data_ptr<float>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(queries * keys), key_t(head_dim * keys);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / heads, h = task % heads;
+      const float* q = q_data + n * query.stride(0) + h * query.stride(1);
+      const float* k = k_data + n * key.stride(0) + h * key.stride(1);
+      const float* v = v_data + n * value.stride(0) + h * value.stride(1);
+      for (int64_t j = 0; j < keys; ++j)  // the GEMM's right-hand side is row-major K x N: the keys transposed
+        for (int64_t d = 0; d < head_dim; ++d) key_t[d * keys + j] = k[j * key.stride(2) + d];
+      at::native::cpublas::brgemm(queries, keys, head_dim, query.stride(2), keys, keys, false, q, key_t.data(),
+                                  scores.data(), false);
+      for (int64_t i = 0; i < queries; ++i) {
+        float* row = scores.data() + i * keys;
+        float max;
+        if (rel_h.has_value()) {
+          const float* terms_h = rel_h->data_ptr<float>() + n * rel_h->stride(0) + h * rel_h->stride(1) +
+                                 i * rel_h->stride(2);
+          const float* terms_w = rel_w->data_ptr<float>() + n * rel_w->stride(0) + h * rel_w->stride(1) +
+                                 i * rel_w->stride(2);
+          max = scale_add_bias(row, scale, terms_h, terms_w, height, width);
+        } else {
+          max = scale_row(row, scale, keys);
+        }
+        exponentiate_and_normalize(row, keys, max);
+      }
+      at::native::cpublas::brgemm(queries, head_dim, keys, keys, value.stride(2), output.stride(1), false,
+                                  scores.data(), v, out_data + n * output.stride(0) + h * output.stride(2), false);
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+  return output;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("attention", &attention, "softmax(scale q.k^T [+ rel_h (+) rel_w]) v per (sample, head)",
+             pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("scaling"),
+             pybind11::arg("rel_h") = pybind11::none(), pybind11::arg("rel_w") = pybind11::none());
+  module.def("relative_bias_softmax_", &relative_bias_softmax_,
+             "softmax(scores + rel_h (+) rel_w) over the last dimension, in place", pybind11::arg("scores"),
+             pybind11::arg("rel_h") = pybind11::none(), pybind11::arg("rel_w") = pybind11::none());
+}
