@@ -103,7 +103,8 @@ def render(results: dict, image_name: str = "benchmarks.png") -> str:
     for suite, payload in results.get("suites", {}).items():
         s = payload.get("settings", {})
         lines.append(f"| {suite} | warm-up {s.get('warmup')}, repeats {s.get('repeats')}, "
-                     f"{s.get('new_tokens')} new tokens, allocator {s.get('allocator', 'default')} | "
+                     f"{s.get('new_tokens')} new tokens, allocator {s.get('allocator', 'default')}, "
+                     f"our CPU kernels {s.get('cpu_kernels', 'none')} | "
                      f"{payload['load_before'][0]:.2f} -> "
                      f"{payload['load_after'][0]:.2f} | {payload['seconds']:.0f} s |")
     lines.append("")

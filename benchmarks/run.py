@@ -6,6 +6,7 @@
     python benchmarks/run.py --suite all --smoke        # the harness at test sizes, in a minute (numbers meaningless)
     python benchmarks/run.py --report-only              # rewrite docs/benchmarks.md from the saved results
     python benchmarks/run.py --suite vision --allocator default   # glibc's default malloc thresholds
+    python benchmarks/run.py --suite vision --cpu-kernels none    # without the fused CPU attention kernels
 
 Suites (letters as in the issue): vision (a), preprocess (b), generation (c), chat (d), memory (e), floor (f).
 Every suite runs in its own Python process (a clean heap, one big model at a time). Results are merged into
@@ -40,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="keep-freed: each suite's process keeps freed memory for reuse "
                         "(transformers_dsvl.keep_freed_memory, both implementations alike); default: glibc's "
                         "adaptive thresholds, which page-fault freed-and-reallocated buffers in again")
+    parser.add_argument("--cpu-kernels", choices=("fused", "none"), default="fused",
+                        help="fused: ours runs with transformers_dsvl.enable_fused_cpu_kernels() (compiled once, "
+                        "cached by torch; without a compiler the run goes on without them and says so); none: "
+                        "torch's own kernels only. Upstream's code never uses them")
     parser.add_argument("--batch-sizes", default="1,4", help="batch sizes of the generation suite")
     parser.add_argument("--vision-variants", default="hybrid,siglip", help="hybrid and/or siglip")
     parser.add_argument("--pythons", default="", help="comma-separated interpreters for the memory suite "
@@ -78,25 +83,33 @@ def run_child(args) -> None:
     """Run one suite in this process and write its rows to args.child."""
     from common import load_average, setup_threads
 
-    from transformers_dsvl import keep_freed_memory
+    from transformers_dsvl import enable_fused_cpu_kernels, keep_freed_memory
 
     setup_threads(args.threads)
     # The memory suite measures fresh processes of its own, which keep glibc's defaults whatever this one does.
     keep = args.allocator == "keep-freed" and args.suites[0] != "memory"
     allocator = "keep-freed" if keep and keep_freed_memory() else "default"
+    cpu_kernels = "none"
+    if args.cpu_kernels == "fused" and args.suites[0] != "memory":
+        try:
+            enable_fused_cpu_kernels()
+            cpu_kernels = "fused"
+        except RuntimeError as error:
+            print(f"WARNING: running without the fused CPU kernels: {error}", flush=True)
+            cpu_kernels = "none (build failed)"
     module = __import__(f"suite_{args.suites[0]}")
     before = load_average()
     start = time.time()
     rows = module.run(args, log=lambda message: print(message, flush=True))
     payload = {"rows": rows, "load_before": before, "load_after": load_average(), "seconds": time.time() - start,
-               "allocator": allocator}
+               "allocator": allocator, "cpu_kernels": cpu_kernels}
     Path(args.child).write_text(json.dumps(payload, default=str))
 
 
 def child_command(args, suite: str, output: Path) -> list[str]:
     command = [sys.executable, str(Path(__file__).resolve()), "--suite", suite, "--child", str(output),
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-               "--new-tokens", str(args.new_tokens), "--allocator", args.allocator,
+               "--new-tokens", str(args.new_tokens), "--allocator", args.allocator, "--cpu-kernels", args.cpu_kernels,
                "--batch-sizes", ",".join(map(str, args.batch_sizes)),
                "--vision-variants", ",".join(args.vision_variants), "--pythons", ",".join(args.pythons),
                "--memory-repeats", str(args.memory_repeats), "--cache-dir", str(args.cache_dir)]
@@ -128,7 +141,8 @@ def main(argv=None) -> None:
             payload = json.loads(child_out.read_text())
             child_out.unlink()
             payload["settings"] = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-                                   "new_tokens": args.new_tokens, "allocator": payload.pop("allocator")}
+                                   "new_tokens": args.new_tokens, "allocator": payload.pop("allocator"),
+                                   "cpu_kernels": payload.pop("cpu_kernels")}
             results["suites"][suite] = payload
             args.results.write_text(json.dumps(results, indent=1, default=str))
             print(f"=== {suite} done in {payload['seconds']:.0f} s (load {payload['load_before'][0]:.2f} -> "
