@@ -13,7 +13,7 @@ import torch
 from model_helpers import pixel_kwargs, random_images, tiny_model
 
 import transformers_dsvl
-from transformers_dsvl import cpu_kernels, modeling_dsvl_sam
+from transformers_dsvl import cpu_kernels, modeling_dsvl, modeling_dsvl_sam
 from transformers_dsvl.modeling_dsvl_sam import (
     dense_relative_bias,
     flipped_relative_tables,
@@ -35,16 +35,18 @@ def fused_kernels():
 
 @pytest.fixture
 def kernel_calls(fused_kernels, monkeypatch):
-    """Counts the kernels' calls by name."""
+    """Counts the models' calls of the kernels by name."""
     calls = []
-    for name in ("attention", "relative_bias_softmax_"):
-        real = getattr(cpu_kernels, name)
+    for module, alias, name in ((modeling_dsvl, "fused_attention", "attention"),
+                                (modeling_dsvl_sam, "fused_attention", "attention"),
+                                (modeling_dsvl_sam, "relative_bias_softmax_", "relative_bias_softmax_")):
+        real = getattr(module, alias)
 
         def counted(*args, _real=real, _name=name):
             calls.append(_name)
             return _real(*args)
 
-        monkeypatch.setattr(cpu_kernels, name, counted)
+        monkeypatch.setattr(module, alias, counted)
     return calls
 
 
@@ -191,8 +193,8 @@ def test_sam_global_blocks_take_the_fused_softmax_in_every_chunk(fused_kernels, 
                                               dense_relative_bias(rel_h, rel_w), 0.3)
     monkeypatch.setattr(modeling_dsvl_sam, "ONEDNN_SCORES_CHUNK_BYTES", 2 * width * height * width * 4)
     chunks = []
-    real = cpu_kernels.relative_bias_softmax_
-    monkeypatch.setattr(cpu_kernels, "relative_bias_softmax_", lambda *args: chunks.append(args[0].shape) or
+    real = modeling_dsvl_sam.relative_bias_softmax_
+    monkeypatch.setattr(modeling_dsvl_sam, "relative_bias_softmax_", lambda *args: chunks.append(args[0].shape) or
                         real(*args))
     with torch.inference_mode():
         result = modeling_dsvl_sam.onednn_attention(query, key, value, rel_pos_h, rel_pos_w, 0.3, height, width)

@@ -16,6 +16,7 @@
 - Image preprocessing: the processor's batched table-lookup path is bit-identical to the original's per-image
   arithmetic (`process_one`), with one and with several threads.
 - Multi-turn chat that reuses the KV cache and image features: tests/test_chat_session.py (identical tokens).
+- The opt-in fused CPU attention kernels (`enable_fused_cpu_kernels`): tests/test_cpu_kernels.py.
 """
 
 from __future__ import annotations

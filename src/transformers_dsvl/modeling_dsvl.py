@@ -18,8 +18,9 @@ from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutputW
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipMLP
 from transformers.utils.generic import can_return_tuple
 
-from . import cpu_kernels
 from .configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig
+from .cpu_kernels import attention as fused_attention
+from .cpu_kernels import fused_kernels_apply
 from .modeling_dsvl_sam import DeepSeekVLSamVisionModel, init_sam_weights
 from .onednn_linear import ONEDNN_LINEAR, onednn_applies, route_linears_through_onednn
 
@@ -136,10 +137,10 @@ def per_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
     tiles: a SigLIP-L layer's attention takes ~0.85x its time, the SigLIP-L tower ~0.92x (paired runs). With
-    `enable_fused_cpu_kernels()` the whole of it is `cpu_kernels.attention` instead.
+    `enable_fused_cpu_kernels()` the whole of it is the fused kernel's `attention` instead.
     """
-    if cpu_kernels.fused_kernels_apply(query):
-        return cpu_kernels.attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling)
+    if fused_kernels_apply(query):
+        return fused_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling)
     batch, tokens, heads, head_dim = query.shape
     scaled_query = query.new_empty(batch, heads, tokens, head_dim)
     torch.mul(query.transpose(1, 2), scaling, out=scaled_query)

@@ -18,8 +18,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from . import cpu_kernels
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
+from .cpu_kernels import attention as fused_attention
+from .cpu_kernels import fused_kernels_apply, relative_bias_softmax_
 from .onednn_linear import (
     ONEDNN_LINEAR,
     ONEDNN_LINEAR_ADD,
@@ -358,7 +359,7 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per head, the terms need no
     [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). Each head's keys and
     values are packed once for all of its chunks (`pack_weight`). With `enable_fused_cpu_kernels()` the bias is
-    added inside the softmax (`cpu_kernels.relative_bias_softmax_`) instead of being written out for the product.
+    added inside the softmax (`relative_bias_softmax_`) instead of being written out for the product.
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
@@ -368,7 +369,7 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
     tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
     output = query.new_empty(batch, queries, heads, head_dim)
-    fused = cpu_kernels.fused_kernels_apply(query)
+    fused = fused_kernels_apply(query)
     bias = None if fused else query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
         for head in range(heads):
@@ -382,7 +383,7 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
                 rel_h, rel_w = relative_terms_views(products[start:stop], height, width, first_row=start // width)
                 if fused:
                     scores = ONEDNN_LINEAR(chunk_query, head_key, None, "none", [], "")
-                    cpu_kernels.relative_bias_softmax_(scores.view(-1, width, keys), rel_h, rel_w)
+                    relative_bias_softmax_(scores.view(-1, width, keys), rel_h, rel_w)
                 else:
                     chunk_bias = bias[: (stop - start) // width]
                     torch.add(rel_h[..., :, None], rel_w[..., None, :], out=chunk_bias)
@@ -403,10 +404,10 @@ def per_window_attention(query, key, value, rel_h, rel_w, scaling: float) -> tor
     copied into the output. Returns [windows, N, heads, head_dim].
 
     Written out because sdpa's CPU kernel tiles these 196-token windows finely: ~0.75x its time at SAM-B's 14 x 14.
-    With `enable_fused_cpu_kernels()` the whole of it is `cpu_kernels.attention` instead.
+    With `enable_fused_cpu_kernels()` the whole of it is the fused kernel's `attention` instead.
     """
-    if cpu_kernels.fused_kernels_apply(query):
-        return cpu_kernels.attention(query, key, value, scaling, rel_h, rel_w)
+    if fused_kernels_apply(query):
+        return fused_attention(query, key, value, scaling, rel_h, rel_w)
     windows, heads, tokens, head_dim = query.shape
     output = query.new_empty(windows, tokens, heads, head_dim)
     bias = query.new_empty(heads, tokens, rel_h.shape[-1], rel_w.shape[-1])
