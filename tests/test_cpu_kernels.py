@@ -10,11 +10,13 @@ import re
 
 import pytest
 import torch
-from model_helpers import pixel_kwargs, random_images, tiny_model
+from model_helpers import pixel_kwargs, random_images, randomize_, tiny_model
+from test_fast_paths import original_window_attention, small_sam_config
 
 import transformers_dsvl
 from transformers_dsvl import cpu_kernels, modeling_dsvl, modeling_dsvl_sam
 from transformers_dsvl.modeling_dsvl_sam import (
+    DeepSeekVLSamAttention,
     dense_relative_bias,
     flipped_relative_tables,
     relative_position_terms,
@@ -38,7 +40,7 @@ def kernel_calls(fused_kernels, monkeypatch):
     """Counts the models' calls of the kernels by name."""
     calls = []
     for module, alias, name in ((modeling_dsvl, "fused_attention", "attention"),
-                                (modeling_dsvl_sam, "fused_attention", "attention"),
+                                (modeling_dsvl_sam, "fused_window_attention", "window_attention"),
                                 (modeling_dsvl_sam, "relative_bias_softmax_", "relative_bias_softmax_")):
         real = getattr(module, alias)
 
@@ -93,22 +95,42 @@ def test_relative_bias_softmax_reads_the_global_blocks_strided_terms(fused_kerne
     torch.testing.assert_close(fused, expected[chunk], atol=TOLERANCE, rtol=TOLERANCE)
 
 
-@pytest.mark.parametrize("with_bias", [True, False], ids=["relative-bias", "plain"])
 @pytest.mark.parametrize("size", [4, 5], ids=["4x4", "5x5"])
-def test_attention_kernel_equals_the_dense_eager_attention(size, with_bias, fused_kernels):
+def test_attention_kernel_equals_the_eager_attention(size):
     generator = torch.Generator().manual_seed(0)
-    query, key, value = projected(5, 3, size * size, 8, generator)  # 5 windows of size x size, 3 heads
-    rel_pos_h = torch.randn(2 * size - 1, 8, generator=generator)
-    rel_pos_w = torch.randn(2 * size - 1, 8, generator=generator)
-    rel_h, rel_w = relative_position_terms(query, rel_pos_h, rel_pos_w, size, size) if with_bias else (None, None)
-    bias = dense_relative_bias(rel_h, rel_w) if with_bias else None
+    query, key, value = projected(5, 3, size * size, 8, generator)
     scaling = 0.3
-    expected, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, bias, scaling)
-    with torch.inference_mode():
-        result = fused_kernels.attention(query, key, value, scaling, rel_h, rel_w)
+    expected, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value, None, scaling)
+    transformers_dsvl.enable_fused_cpu_kernels()
+    try:
+        with torch.inference_mode():
+            result = cpu_kernels.attention(query, key, value, scaling)
+    finally:
+        transformers_dsvl.disable_fused_cpu_kernels()
     assert result.shape == expected.shape  # [N, tokens, heads, head_dim]
     assert expected.abs().max() > 0.5
     torch.testing.assert_close(result, expected, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("grid", [14, 7, 3, 8], ids=["14-padded", "7-padded", "3-smaller-than-a-window", "8-exact"])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_window_attention_kernel_equals_the_original(grid, qkv_bias, fused_kernels):
+    """Windows cut by the kernel from the unpadded maps, padding = the qkv bias (zeros without one), against the
+    original block: zero-pad, cut windows, project every padded token, eager attention, crop."""
+    config = small_sam_config(qkv_bias=qkv_bias)
+    config._attn_implementation = "sdpa"
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=config.window_size)).eval()
+    hidden_states = torch.randn(2, grid, grid, config.hidden_size)
+    plain = original_window_attention(module, hidden_states).detach()
+    calls = []
+    real = modeling_dsvl_sam.fused_window_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_dsvl_sam, "fused_window_attention", lambda *args: calls.append(args[7]) or real(*args))
+        with torch.inference_mode():
+            fast, weights = module(hidden_states)
+    assert calls == [config.window_size] and weights is None
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 
 
 def test_kernels_reject_operands_they_cannot_take(fused_kernels):
@@ -122,8 +144,15 @@ def test_kernels_reject_operands_they_cannot_take(fused_kernels):
     query = torch.randn(1, 2, 16, 8)
     with pytest.raises(RuntimeError, match="must match query"):
         fused_kernels.attention(query, torch.randn(1, 2, 16, 4), torch.randn(1, 2, 16, 4), 1.0)
-    with pytest.raises(RuntimeError, match="cover the 16 keys"):
-        fused_kernels.attention(query, query, query, 1.0, torch.randn(1, 2, 16, 4), torch.randn(1, 2, 16, 3))
+    maps, tables = torch.randn(1, 5, 5, 8), torch.randn(2 * (2 * 4 - 1), 4)
+    with pytest.raises(RuntimeError, match="must have one shape"):
+        fused_kernels.window_attention(maps, maps, torch.randn(1, 5, 4, 8), None, None, None, tables, 4, 2, 1.0)
+    with pytest.raises(RuntimeError, match="heads dividing the 8 channels"):
+        fused_kernels.window_attention(maps, maps, maps, None, None, None, tables, 4, 3, 1.0)
+    with pytest.raises(RuntimeError, match="tables_t must be"):
+        fused_kernels.window_attention(maps, maps, maps, None, None, None, tables[:-1], 4, 2, 1.0)
+    with pytest.raises(RuntimeError, match="biases must be contiguous float32"):
+        fused_kernels.window_attention(maps, maps, maps, torch.randn(7), None, None, tables, 4, 2, 1.0)
 
 
 @pytest.mark.parametrize("variant", ["tiny-hybrid", "tiny"])
@@ -138,13 +167,14 @@ def test_model_image_features_with_the_kernels_equal_the_plain_path(variant, ker
     with torch.inference_mode():
         fast = fast_model.get_image_features(**inputs)
     siglip_layers = fast_model.config.vision_config.num_hidden_layers
-    expected = ["attention"] * siglip_layers
+    assert kernel_calls.count("attention") == siglip_layers
     if variant == "tiny-hybrid":
         sam = fast_model.config.high_res_vision_config
         windowed = sam.num_hidden_layers - len(sam.global_attn_indexes)
-        expected += ["attention"] * windowed + ["relative_bias_softmax_"]  # at least one call per global block
-    assert sorted(set(kernel_calls)) == sorted(set(expected))
-    assert kernel_calls.count("attention") == expected.count("attention")
+        assert kernel_calls.count("window_attention") == windowed
+        assert kernel_calls.count("relative_bias_softmax_") >= len(sam.global_attn_indexes)  # one per chunk
+    else:
+        assert set(kernel_calls) == {"attention"}
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 
 

@@ -5,14 +5,17 @@ first use; torch caches the build under `TORCH_EXTENSIONS_DIR`, by default ~/.ca
 float32 CPU inference through it:
 - SAM's global blocks add their decomposed relative-position bias inside the softmax (`relative_bias_softmax_`)
   instead of writing a dense bias of 201 million floats per block and reading it back;
-- SAM's window blocks and SigLIP's attention run each (window or sample, head) pair as one task (`attention`): both
-  products through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels, where torch's batched products take
-  MKL's AVX2 code on AMD), the bias and softmax in between on scores that stay in the core's cache.
+- SAM's window blocks (`window_attention`) and SigLIP's attention (`attention`) run each (window or sample, head)
+  pair as one task: both products through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels, where torch's
+  batched products take MKL's AVX2 code on AMD), the bias and softmax in between on scores that stay in the core's
+  cache. The window kernel cuts the windows from the unpadded q, k and v maps itself and writes the cropped output
+  map, so no padded map or window copies are made and no padding token is projected.
 Values agree with the default path to float32 rounding (tests/test_cpu_kernels.py).
 
 Written because torch has no CPU kernel that fuses a bias into softmax, nor one that keeps a small attention's
-scores in cache between its two products. It is opt-in, as `keep_freed_memory` is, because it needs a C++ compiler
-and ninja at run time and its first call stalls while it compiles; without it the model computes the same values.
+scores in cache between its two products, nor a batched product in oneDNN's AVX-512 code. It is opt-in, as
+`keep_freed_memory` is, because it needs a C++ compiler and ninja at run time and its first call stalls while it
+compiles; without it the model computes the same values.
 """
 
 from __future__ import annotations
@@ -73,13 +76,22 @@ def relative_bias_softmax_(scores: torch.Tensor, rel_h: torch.Tensor | None = No
     return scores
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-              rel_h: torch.Tensor | None = None, rel_w: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(scaling * q.k^T [+ rel_h[..., row] + rel_w[..., column]]) v for query, key, value [N, heads, tokens,
-    head_dim] (any strides but a contiguous last dimension), with rel_h [N, heads, queries, height] and rel_w
-    [N, heads, queries, width] (height * width keys). Returns [N, queries, heads, head_dim]. Only while
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(scaling * q.k^T) v for query, key, value [N, heads, tokens, head_dim] (any strides but a contiguous
+    last dimension). Returns [N, queries, heads, head_dim]. Only while `fused_cpu_kernels_enabled()`."""
+    return _loaded().attention(query, key, value, scaling)
+
+
+def window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, query_bias: torch.Tensor | None,
+                     key_bias: torch.Tensor | None, value_bias: torch.Tensor | None, tables: torch.Tensor,
+                     window_size: int, heads: int, scaling: float) -> torch.Tensor:
+    """SAM's windowed attention from the unpadded q, k and v maps [B, height, width, heads * head_dim] (contiguous
+    channels) to the cropped output map of the same shape: the kernel cuts the windows itself, a token past the map's
+    edge getting the qkv bias (zeros without one), what the original's zero-padded tokens get from the projection.
+    `tables` are `flipped_relative_tables` [2 * (2 * window_size - 1), head_dim]. Only while
     `fused_cpu_kernels_enabled()`."""
-    return _loaded().attention(query, key, value, scaling, rel_h, rel_w)
+    return _loaded().window_attention(query, key, value, query_bias, key_bias, value_bias, tables.t().contiguous(),
+                                      window_size, heads, scaling)
 
 
 def _loaded():
@@ -124,6 +136,7 @@ def _build(verbose: bool):
 
 __all__ = [
     "attention",
+    "window_attention",
     "disable_fused_cpu_kernels",
     "enable_fused_cpu_kernels",
     "fused_cpu_kernels_enabled",

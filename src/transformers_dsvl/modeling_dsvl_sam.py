@@ -19,8 +19,8 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
-from .cpu_kernels import attention as fused_attention
 from .cpu_kernels import fused_kernels_apply, relative_bias_softmax_
+from .cpu_kernels import window_attention as fused_window_attention
 from .onednn_linear import (
     ONEDNN_LINEAR,
     ONEDNN_LINEAR_ADD,
@@ -260,12 +260,6 @@ class DeepSeekVLSamAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         """hidden_states: [B, height, width, C] -> ([B, height, width, C], attention weights or None)."""
         batch, height, width, channels = hidden_states.shape
-        if torch.is_grad_enabled():
-            query, key, value, padded_hw = self.project_fused(hidden_states)
-        else:
-            query, key, value, padded_hw = self.project_in_thirds(hidden_states)
-        windows = query.shape[0]
-        size_h, size_w = (self.window_size, self.window_size) if self.window_size else (height, width)
         implementation = self.config._attn_implementation or "eager"
         if output_attentions and implementation != "eager":
             raise ValueError(
@@ -273,6 +267,14 @@ class DeepSeekVLSamAttention(nn.Module):
                 "Fix: load the model with attn_implementation='eager'."
             )
         dropout = self.config.attention_dropout if self.training else 0.0
+        if self.window_size and implementation == "sdpa" and not dropout and fused_kernels_apply(hidden_states):
+            return self.proj(self.fused_window_attention(hidden_states)), None
+        if torch.is_grad_enabled():
+            query, key, value, padded_hw = self.project_fused(hidden_states)
+        else:
+            query, key, value, padded_hw = self.project_in_thirds(hidden_states)
+        windows = query.shape[0]
+        size_h, size_w = (self.window_size, self.window_size) if self.window_size else (height, width)
         if implementation == "sdpa" and not dropout and not self.window_size and onednn_attention_applies(query, key):
             attn_output = onednn_attention(
                 query, key, value, self.rel_pos_h, self.rel_pos_w, self.scaling, height, width
@@ -285,6 +287,17 @@ class DeepSeekVLSamAttention(nn.Module):
         if self.window_size:
             attn_output = window_unpartition(attn_output, self.window_size, padded_hw, (height, width))
         return self.proj(attn_output), attn_weights
+
+    def fused_window_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Window blocks under `enable_fused_cpu_kernels()`: q, k and v of the real tokens only, then the kernel cuts
+        the windows itself (the padding getting the qkv bias, what the original's zero tokens get), attends and
+        writes the cropped map: no padded map, no window copies, no padded tokens projected."""
+        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        weights = self.qkv.weight.chunk(3)
+        query, key, value = (linear(hidden_states, weight, bias) for weight, bias in zip(weights, biases))
+        tables = flipped_relative_tables(self.rel_pos_h, self.rel_pos_w, hidden_states.dtype)
+        return fused_window_attention(query, key, value, *biases, tables, self.window_size, self.num_heads,
+                                      self.scaling)
 
     def attend(self, query, key, value, size_h: int, size_w: int, implementation: str, dropout: float):
         """Attention of [windows, heads, N, head_dim] queries over a size_h x size_w grid with the relative-position
@@ -404,10 +417,8 @@ def per_window_attention(query, key, value, rel_h, rel_w, scaling: float) -> tor
     copied into the output. Returns [windows, N, heads, head_dim].
 
     Written out because sdpa's CPU kernel tiles these 196-token windows finely: ~0.75x its time at SAM-B's 14 x 14.
-    With `enable_fused_cpu_kernels()` the whole of it is the fused kernel's `attention` instead.
+    (With `enable_fused_cpu_kernels()` the window blocks take `DeepSeekVLSamAttention.fused_window_attention`.)
     """
-    if fused_kernels_apply(query):
-        return fused_attention(query, key, value, scaling, rel_h, rel_w)
     windows, heads, tokens, head_dim = query.shape
     output = query.new_empty(windows, tokens, heads, head_dim)
     bias = query.new_empty(heads, tokens, rel_h.shape[-1], rel_w.shape[-1])

@@ -8,9 +8,15 @@
 // finds the row's max; the row, then in L1, is exponentiated and summed, then scaled. Unfused, the dense bias is
 // written and read back, and softmax reads the sum again: three trips through the cache for every score.
 //
-// attention: softmax(scale * q.k^T [+ bias]) v for many small (sample or window, head) pairs, each pair's products
-// through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels where available; torch's batched products on CPU
-// go through MKL, which runs AVX2 code on AMD) and its scores kept in a per-thread buffer between them.
+// attention: softmax(scale * q.k^T) v for small (sample, head) pairs (SigLIP), each pair's products through torch's
+// batch-reduce GEMM (oneDNN's AVX-512 micro-kernels where available; torch's batched products on CPU go through MKL,
+// which runs AVX2 code on AMD) and its scores kept in a per-thread buffer between them.
+//
+// window_attention: SAM's window blocks from the unpadded q, k and v maps to the cropped output map. Each
+// (sample, window, head) task gathers its window (tokens past the map's edge get the qkv bias, which is what the
+// original's zero-padded tokens get from the projection), computes its relative-position terms as one product with
+// the flipped tables, then attends as `attention` does, with the terms added in the softmax's first pass, and
+// writes the window's real tokens back.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -151,31 +157,17 @@ void check_attention_operand(const torch::Tensor& tensor, const char* name) {
   TORCH_CHECK(tensor.stride(3) == 1, name, " must be contiguous in its last dimension");
 }
 
-// output[n, i, h, :] = sum over j of softmax_j(scale * query[n, h, i] . key[n, h, j] [+ rel_h[n, h, i, row(j)] +
-// rel_w[n, h, i, col(j)]]) value[n, h, j, :], for query, key, value [N, heads, tokens, head_dim] and output
-// [N, tokens, heads, head_dim], any strides but the last.
-torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, double scaling,
-                        c10::optional<torch::Tensor> rel_h, c10::optional<torch::Tensor> rel_w) {
+// output[n, i, h, :] = sum over j of softmax_j(scale * query[n, h, i] . key[n, h, j]) value[n, h, j, :], for query,
+// key, value [N, heads, tokens, head_dim] and output [N, tokens, heads, head_dim], any strides but the last.
+torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, double scaling) {
   check_attention_operand(query, "query");
   check_attention_operand(key, "key");
   check_attention_operand(value, "value");
-  TORCH_CHECK(rel_h.has_value() == rel_w.has_value(), "rel_h and rel_w are given together or not at all");
   const int64_t batch = query.size(0), heads = query.size(1), queries = query.size(2), head_dim = query.size(3);
   const int64_t keys = key.size(2);
   TORCH_CHECK(key.size(0) == batch && key.size(1) == heads && key.size(3) == head_dim && value.sizes() == key.sizes(),
               "key ", key.sizes(), " and value ", value.sizes(), " must match query ", query.sizes(),
               " but for the number of keys");
-  int64_t height = 0, width = 0;
-  if (rel_h.has_value()) {
-    check_attention_operand(*rel_h, "rel_h");
-    check_attention_operand(*rel_w, "rel_w");
-    height = rel_h->size(3);
-    width = rel_w->size(3);
-    TORCH_CHECK(rel_h->sizes().slice(0, 3) == query.sizes().slice(0, 3) &&
-                    rel_w->sizes().slice(0, 3) == query.sizes().slice(0, 3) && height * width == keys,
-                "rel_h ", rel_h->sizes(), " and rel_w ", rel_w->sizes(), " must lead with the query's ",
-                query.sizes().slice(0, 3), " and cover the ", keys, " keys");
-  }
   torch::Tensor output = torch::empty({batch, queries, heads, head_dim}, query.options());
   const float scale = static_cast<float>(scaling);
   const float* q_data = query.data_ptr<float>();
@@ -195,17 +187,7 @@ torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor va
                                   scores.data(), false);
       for (int64_t i = 0; i < queries; ++i) {
         float* row = scores.data() + i * keys;
-        float max;
-        if (rel_h.has_value()) {
-          const float* terms_h = rel_h->data_ptr<float>() + n * rel_h->stride(0) + h * rel_h->stride(1) +
-                                 i * rel_h->stride(2);
-          const float* terms_w = rel_w->data_ptr<float>() + n * rel_w->stride(0) + h * rel_w->stride(1) +
-                                 i * rel_w->stride(2);
-          max = scale_add_bias(row, scale, terms_h, terms_w, height, width);
-        } else {
-          max = scale_row(row, scale, keys);
-        }
-        exponentiate_and_normalize(row, keys, max);
+        exponentiate_and_normalize(row, keys, scale_row(row, scale, keys));
       }
       at::native::cpublas::brgemm(queries, head_dim, keys, keys, value.stride(2), output.stride(1), false,
                                   scores.data(), v, out_data + n * output.stride(0) + h * output.stride(2), false);
@@ -215,10 +197,112 @@ torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor va
   return output;
 }
 
+void check_map(const torch::Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == torch::kFloat32 && tensor.dim() == 4, name,
+              " must be a 4-d float32 CPU map [B, height, width, channels], got shape ", tensor.sizes(), ", ",
+              tensor.scalar_type(), " on ", tensor.device());
+  TORCH_CHECK(tensor.stride(3) == 1, name, " must be contiguous in its channels");
+}
+
+void copy_or_zero(const float* source, int64_t length, float* target) {
+  if (source != nullptr) std::copy(source, source + length, target);
+  else std::fill(target, target + length, 0.f);
+}
+
+// query, key, value: [B, height, width, heads * head_dim] maps (the real tokens only); *_bias: [heads * head_dim]
+// or none (zeros), what a padded token gets; tables_t: [head_dim, 2 * (2 * window - 1)], the transposed
+// `flipped_relative_tables` (height table, then width table). Returns the cropped output map [B, height, width,
+// heads * head_dim].
+torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Tensor value,
+                               c10::optional<torch::Tensor> query_bias, c10::optional<torch::Tensor> key_bias,
+                               c10::optional<torch::Tensor> value_bias, torch::Tensor tables_t, int64_t window,
+                               int64_t heads, double scaling) {
+  check_map(query, "query");
+  check_map(key, "key");
+  check_map(value, "value");
+  TORCH_CHECK(key.sizes() == query.sizes() && value.sizes() == query.sizes(), "query ", query.sizes(), ", key ",
+              key.sizes(), " and value ", value.sizes(), " must have one shape");
+  TORCH_CHECK(window > 0 && heads > 0 && query.size(3) % heads == 0, "window ", window, " and heads ", heads,
+              " must be positive, heads dividing the ", query.size(3), " channels");
+  const int64_t batch = query.size(0), height = query.size(1), width = query.size(2), channels = query.size(3);
+  const int64_t head_dim = channels / heads, span = 2 * window - 1, tokens = window * window;
+  TORCH_CHECK(tables_t.device().is_cpu() && tables_t.scalar_type() == torch::kFloat32 && tables_t.dim() == 2 &&
+                  tables_t.size(0) == head_dim && tables_t.size(1) == 2 * span && tables_t.is_contiguous(),
+              "tables_t must be a contiguous float32 CPU [", head_dim, ", ", 2 * span, "] tensor, got ",
+              tables_t.sizes());
+  const float* biases[3] = {nullptr, nullptr, nullptr};
+  const c10::optional<torch::Tensor>* given[3] = {&query_bias, &key_bias, &value_bias};
+  for (int b = 0; b < 3; ++b) {
+    if (given[b]->has_value()) {
+      const torch::Tensor& bias = **given[b];
+      TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == torch::kFloat32 && bias.dim() == 1 &&
+                      bias.size(0) == channels && bias.stride(0) == 1,
+                  "the biases must be contiguous float32 CPU vectors of the ", channels, " channels, got ",
+                  bias.sizes());
+      biases[b] = bias.data_ptr<float>();
+    }
+  }
+  const int64_t rows = (height + window - 1) / window, cols = (width + window - 1) / window;
+  torch::Tensor output = torch::empty({batch, height, width, channels}, query.options());
+  const float scale = static_cast<float>(scaling);
+  const float* maps[3] = {query.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>()};
+  const torch::Tensor* map_tensors[3] = {&query, &key, &value};
+  const float* tables = tables_t.data_ptr<float>();
+  float* out_data = output.data_ptr<float>();
+  at::parallel_for(0, batch * rows * cols * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(tokens * head_dim), key_t(head_dim * tokens), v(tokens * head_dim);
+    std::vector<float> terms(tokens * 2 * span), scores(tokens * tokens), attended(tokens * head_dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t h = task % heads, window_index = task / heads;
+      const int64_t n = window_index / (rows * cols), top = (window_index / cols) % rows * window;
+      const int64_t left = window_index % cols * window;
+      for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t y = top + t / window, x = left + t % window;
+        const bool inside = y < height && x < width;
+        const float* sources[3];
+        for (int m = 0; m < 3; ++m) {
+          const torch::Tensor& map = *map_tensors[m];
+          sources[m] = inside ? maps[m] + n * map.stride(0) + y * map.stride(1) + x * map.stride(2) : biases[m];
+          if (sources[m] != nullptr) sources[m] += h * head_dim;
+        }
+        copy_or_zero(sources[0], head_dim, q.data() + t * head_dim);
+        copy_or_zero(sources[2], head_dim, v.data() + t * head_dim);
+        for (int64_t d = 0; d < head_dim; ++d) key_t[d * tokens + t] = sources[1] != nullptr ? sources[1][d] : 0.f;
+      }
+      at::native::cpublas::brgemm(tokens, 2 * span, head_dim, head_dim, 2 * span, 2 * span, false, q.data(), tables,
+                                  terms.data(), false);
+      at::native::cpublas::brgemm(tokens, tokens, head_dim, head_dim, tokens, tokens, false, q.data(), key_t.data(),
+                                  scores.data(), false);
+      for (int64_t t = 0; t < tokens; ++t) {
+        // The query's terms with key row k and column k: product columns (window - 1 - its row) + k of the height
+        // table and (2 window - 1) + (window - 1 - its column) + k of the width table.
+        const float* term = terms.data() + t * 2 * span;
+        float* row = scores.data() + t * tokens;
+        const float max = scale_add_bias(row, scale, term + window - 1 - t / window,
+                                         term + span + window - 1 - t % window, window, window);
+        exponentiate_and_normalize(row, tokens, max);
+      }
+      at::native::cpublas::brgemm(tokens, head_dim, tokens, tokens, head_dim, head_dim, false, scores.data(), v.data(),
+                                  attended.data(), false);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t y = top + t / window, x = left + t % window;
+        if (y >= height || x >= width) continue;
+        float* target = out_data + n * output.stride(0) + y * output.stride(1) + x * output.stride(2) + h * head_dim;
+        std::copy(attended.data() + t * head_dim, attended.data() + (t + 1) * head_dim, target);
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+  return output;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("attention", &attention, "softmax(scale q.k^T [+ rel_h (+) rel_w]) v per (sample, head)",
-             pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("scaling"),
-             pybind11::arg("rel_h") = pybind11::none(), pybind11::arg("rel_w") = pybind11::none());
+  module.def("window_attention", &window_attention, "SAM window attention from the unpadded maps to the cropped map",
+             pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("query_bias"),
+             pybind11::arg("key_bias"), pybind11::arg("value_bias"), pybind11::arg("tables_t"),
+             pybind11::arg("window"), pybind11::arg("heads"), pybind11::arg("scaling"));
+  module.def("attention", &attention, "softmax(scale q.k^T) v per (sample, head)", pybind11::arg("query"),
+             pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("scaling"));
   module.def("relative_bias_softmax_", &relative_bias_softmax_,
              "softmax(scores + rel_h (+) rel_w) over the last dimension, in place", pybind11::arg("scores"),
              pybind11::arg("rel_h") = pybind11::none(), pybind11::arg("rel_w") = pybind11::none());
