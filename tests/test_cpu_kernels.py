@@ -192,6 +192,7 @@ def test_kernels_leave_autograd_other_dtypes_and_disabled_runs_alone(kernel_call
 
 def test_a_failed_build_names_the_cause_and_the_fix(monkeypatch):
     transformers_dsvl.disable_fused_cpu_kernels()
+    monkeypatch.setattr(cpu_kernels, "_BUILT", None)  # as in a process that has not loaded them yet
     from torch.utils import cpp_extension
 
     def failing_load(*args, **kwargs):

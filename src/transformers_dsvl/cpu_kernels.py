@@ -36,7 +36,8 @@ _CAPABILITY_FLAGS = {
                "-DCPU_CAPABILITY=AVX512"],
     "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
 }
-_KERNELS = None
+_KERNELS = None  # the extension module while enabled
+_BUILT = None  # the extension module once loaded in this process
 
 
 def enable_fused_cpu_kernels(verbose: bool = False) -> None:
@@ -44,9 +45,10 @@ def enable_fused_cpu_kernels(verbose: bool = False) -> None:
 
     Raises `RuntimeError` naming the cause when they cannot be built; the model then keeps its default path.
     """
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build(verbose)
+    global _KERNELS, _BUILT
+    if _BUILT is None:
+        _BUILT = _build(verbose)
+    _KERNELS = _BUILT
 
 
 def disable_fused_cpu_kernels() -> None:
