@@ -68,12 +68,11 @@ def fused_kernels_apply(query: torch.Tensor) -> bool:
             and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
-def relative_bias_softmax_(scores: torch.Tensor, rel_h: torch.Tensor | None = None,
-                           rel_w: torch.Tensor | None = None) -> torch.Tensor:
+def relative_bias_softmax_(scores: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
     """In place: scores [A, B, height * width] <- softmax over the last dimension of scores + (rel_h[..., row] +
-    rel_w[..., column]), with rel_h [A, B, height] and rel_w [A, B, width] (a plain softmax without them). Every
-    operand is float32 on CPU and contiguous in its last dimension; the other strides are free (strided views of the
-    relative-position products work as they are). Only while `fused_cpu_kernels_enabled()`."""
+    rel_w[..., column]), with rel_h [A, B, height] and rel_w [A, B, width]. Every operand is float32 on CPU and
+    contiguous in its last dimension; the other strides are free (strided views of the relative-position products
+    work as they are). Only while `fused_cpu_kernels_enabled()`."""
     _loaded().relative_bias_softmax_(scores, rel_h, rel_w)
     return scores
 

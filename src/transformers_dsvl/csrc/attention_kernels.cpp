@@ -2,11 +2,11 @@
 // transformers_dsvl/cpu_kernels.py).
 //
 // relative_bias_softmax_: softmax over the last dimension, in place, of attention scores plus SAM's decomposed
-// relative-position bias,
-//   scores[a, b, i * W + j] <- softmax over k of (scores[a, b, k] + (rel_h[a, b, row(k)] + rel_w[a, b, col(k)])),
-// or a plain softmax without rel_h and rel_w. One pass over a row adds the bias (never materialised as a tensor) and
-// finds the row's max; the row, then in L1, is exponentiated and summed, then scaled. Unfused, the dense bias is
-// written and read back, and softmax reads the sum again: three trips through the cache for every score.
+// relative-position bias (the global blocks),
+//   scores[a, b, i * W + j] <- softmax over k of (scores[a, b, k] + (rel_h[a, b, row(k)] + rel_w[a, b, col(k)])).
+// One pass over a row adds the bias (never materialised as a tensor) and finds the row's max; the row, then in L1, is
+// exponentiated and summed, then scaled. Unfused, the dense bias is written and read back, and softmax reads the sum
+// again: three trips through the cache for every score.
 //
 // attention: softmax(scale * q.k^T) v for small (sample, head) pairs (SigLIP), each pair's products through torch's
 // batch-reduce GEMM (oneDNN's AVX-512 micro-kernels where available; torch's batched products on CPU go through MKL,
@@ -108,24 +108,11 @@ void exponentiate_and_normalize(float* row, int64_t length, float max) {
 
 }  // namespace
 
-void relative_bias_softmax_(torch::Tensor scores, c10::optional<torch::Tensor> rel_h,
-                            c10::optional<torch::Tensor> rel_w) {
+void relative_bias_softmax_(torch::Tensor scores, torch::Tensor terms_h, torch::Tensor terms_w) {
   check_operand(scores, "scores");
-  TORCH_CHECK(rel_h.has_value() == rel_w.has_value(), "rel_h and rel_w are given together or not at all");
   const int64_t outer = scores.size(0), inner = scores.size(1), length = scores.size(2);
   float* data = scores.data_ptr<float>();
   const int64_t scores_outer = scores.stride(0), scores_inner = scores.stride(1);
-  if (!rel_h.has_value()) {
-    at::parallel_for(0, outer * inner, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        float* row = data + (r / inner) * scores_outer + (r % inner) * scores_inner;
-        exponentiate_and_normalize(row, length, scale_row(row, 1.f, length));
-      }
-    });
-    return;
-  }
-  const torch::Tensor& terms_h = *rel_h;
-  const torch::Tensor& terms_w = *rel_w;
   check_operand(terms_h, "rel_h");
   check_operand(terms_w, "rel_w");
   const int64_t height = terms_h.size(2), width = terms_w.size(2);
@@ -305,5 +292,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("scaling"));
   module.def("relative_bias_softmax_", &relative_bias_softmax_,
              "softmax(scores + rel_h (+) rel_w) over the last dimension, in place", pybind11::arg("scores"),
-             pybind11::arg("rel_h") = pybind11::none(), pybind11::arg("rel_w") = pybind11::none());
+             pybind11::arg("rel_h"), pybind11::arg("rel_w"));
 }
