@@ -20,6 +20,7 @@ compiles; without it the model computes the same values.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
@@ -103,8 +104,12 @@ def _loaded():
 
 
 def extension_name() -> str:
-    """The build's module name: torch caches builds by name, so it carries torch's version and the instruction set."""
-    return re.sub(r"\W", "_", f"transformers_dsvl_cpu_kernels_torch{torch.__version__}_{_capability()}".lower())
+    """The build's module name. torch caches builds by name and rebuilds when the build's arguments change, so the
+    name carries torch's version, the instruction set and the torch installation (environments with their own torch
+    keep their own builds instead of rebuilding each other's)."""
+    installation = hashlib.sha1(str(Path(torch.__file__).resolve().parent).encode()).hexdigest()[:8]
+    name = f"transformers_dsvl_cpu_kernels_torch{torch.__version__}_{_capability()}_{installation}"
+    return re.sub(r"\W", "_", name.lower())
 
 
 def _capability() -> str:
