@@ -168,8 +168,8 @@ torch::Tensor attention(torch::Tensor query, torch::Tensor key, torch::Tensor va
       const float* q = q_data + n * query.stride(0) + h * query.stride(1);
       const float* k = k_data + n * key.stride(0) + h * key.stride(1);
       const float* v = v_data + n * value.stride(0) + h * value.stride(1);
-      for (int64_t j = 0; j < keys; ++j)  // the GEMM's right-hand side is row-major K x N: the keys transposed
-        for (int64_t d = 0; d < head_dim; ++d) key_t[d * keys + j] = k[j * key.stride(2) + d];
+      // The GEMM's right-hand side is row-major K x N: the keys transposed.
+      at::vec::transpose_mxn<float>(k, key.stride(2), key_t.data(), keys, keys, head_dim);
       at::native::cpublas::brgemm(queries, keys, head_dim, query.stride(2), keys, keys, false, q, key_t.data(),
                                   scores.data(), false);
       for (int64_t i = 0; i < queries; ++i) {
@@ -237,7 +237,7 @@ torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Te
   const float* tables = tables_t.data_ptr<float>();
   float* out_data = output.data_ptr<float>();
   at::parallel_for(0, batch * rows * cols * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(tokens * head_dim), key_t(head_dim * tokens), v(tokens * head_dim);
+    std::vector<float> q(tokens * head_dim), k(tokens * head_dim), key_t(head_dim * tokens), v(tokens * head_dim);
     std::vector<float> terms(tokens * 2 * span), scores(tokens * tokens), attended(tokens * head_dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task % heads, window_index = task / heads;
@@ -253,9 +253,10 @@ torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Te
           if (sources[m] != nullptr) sources[m] += h * head_dim;
         }
         copy_or_zero(sources[0], head_dim, q.data() + t * head_dim);
+        copy_or_zero(sources[1], head_dim, k.data() + t * head_dim);
         copy_or_zero(sources[2], head_dim, v.data() + t * head_dim);
-        for (int64_t d = 0; d < head_dim; ++d) key_t[d * tokens + t] = sources[1] != nullptr ? sources[1][d] : 0.f;
       }
+      at::vec::transpose_mxn<float>(k.data(), head_dim, key_t.data(), tokens, tokens, head_dim);
       at::native::cpublas::brgemm(tokens, 2 * span, head_dim, head_dim, 2 * span, 2 * span, false, q.data(), tables,
                                   terms.data(), false);
       at::native::cpublas::brgemm(tokens, tokens, head_dim, head_dim, tokens, tokens, false, q.data(), key_t.data(),
