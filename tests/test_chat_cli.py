@@ -10,6 +10,7 @@ from model_helpers import tiny_model
 from PIL import Image
 from processor_helpers import tiny_processor
 
+import transformers_dsvl
 from transformers_dsvl.chat_cli import add_chat_arguments, main_chat
 from transformers_dsvl.cli import build_parser
 
@@ -65,6 +66,36 @@ def test_interactive_multi_turn_keeps_the_image(checkpoint):
     answers = [line[len("Assistant: "):] for line in out.getvalue().split("User: ") if line.startswith("Assistant: ")]
     answers = [a.rstrip("\n") for a in answers]
     assert answers == reference_answers(model, processor, image_path, questions)
+
+
+def test_fused_cpu_kernels_flag_gives_the_same_answers(checkpoint):
+    directory, model, processor, image_path = checkpoint
+    out = io.StringIO()
+    args = parse("--model", str(directory), "--image", str(image_path), "--prompt", "What is it?",
+                 "--max-new-tokens", "6", "--fused-cpu-kernels")
+    try:
+        assert main_chat(args, stdout=out) == 0
+        assert transformers_dsvl.fused_cpu_kernels_enabled()
+    finally:
+        transformers_dsvl.disable_fused_cpu_kernels()
+    assert out.getvalue().rstrip("\n") == reference_answers(model, processor, image_path, ["What is it?"])[0]
+
+
+def test_fused_cpu_kernels_flag_names_a_failed_build(checkpoint, monkeypatch):
+    from torch.utils import cpp_extension
+
+    from transformers_dsvl import cpu_kernels
+
+    directory, _, _, _ = checkpoint
+    monkeypatch.setattr(cpu_kernels, "_BUILT", None)
+
+    def failing_load(*args, **kwargs):
+        raise OSError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    with pytest.raises(SystemExit, match=r"no C\+\+ compiler found.*leave out --fused-cpu-kernels"):
+        main_chat(parse("--model", str(directory), "--prompt", "hi", "--fused-cpu-kernels"))
+    assert not transformers_dsvl.fused_cpu_kernels_enabled()
 
 
 def test_clear_errors_for_missing_model_and_image(checkpoint, tmp_path):

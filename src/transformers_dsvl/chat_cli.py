@@ -29,6 +29,9 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="load through the checkpoint's own code instead of the installed package")
+    parser.add_argument("--fused-cpu-kernels", action="store_true",
+                        help="float32 CPU inference through the package's fused attention kernels "
+                        "(enable_fused_cpu_kernels: compiled once, about 30 s; needs a C++ compiler and ninja)")
     return parser
 
 
@@ -51,6 +54,11 @@ def load_session(args: argparse.Namespace):
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"dsvl chat: {model_dir} has no config.json. Fix: pass a checkpoint directory "
                          "(e.g. the demo's runs/demo/checkpoint or the output of `dsvl convert`).")
+    if args.fused_cpu_kernels:
+        try:
+            transformers_dsvl.enable_fused_cpu_kernels()
+        except RuntimeError as error:
+            raise SystemExit(f"dsvl chat: {error} (Or leave out --fused-cpu-kernels.)") from error
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype,
                                                         trust_remote_code=args.trust_remote_code).eval()
