@@ -39,8 +39,8 @@ def fused_kernels():
 def kernel_calls(fused_kernels, monkeypatch):
     """Counts the models' calls of the kernels by name."""
     calls = []
-    for module, alias, name in ((modeling_dsvl, "fused_attention", "attention"),
-                                (modeling_dsvl_sam, "fused_window_attention", "window_attention"),
+    for module, alias, name in ((modeling_dsvl, "attention_kernel", "attention"),
+                                (modeling_dsvl_sam, "window_attention_kernel", "window_attention"),
                                 (modeling_dsvl_sam, "relative_bias_softmax_", "relative_bias_softmax_")):
         real = getattr(module, alias)
 
@@ -120,9 +120,9 @@ def test_window_attention_kernel_equals_the_original(grid, qkv_bias, fused_kerne
     hidden_states = torch.randn(2, grid, grid, config.hidden_size)
     plain = original_window_attention(module, hidden_states).detach()
     calls = []
-    real = modeling_dsvl_sam.fused_window_attention
+    real = modeling_dsvl_sam.window_attention_kernel
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(modeling_dsvl_sam, "fused_window_attention", lambda *args: calls.append(args[7]) or real(*args))
+        patch.setattr(modeling_dsvl_sam, "window_attention_kernel", lambda *args: calls.append(args[7]) or real(*args))
         with torch.inference_mode():
             fast, weights = module(hidden_states)
     assert calls == [config.window_size] and weights is None

@@ -19,7 +19,7 @@ from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipML
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig
-from .cpu_kernels import attention as fused_attention
+from .cpu_kernels import attention as attention_kernel
 from .cpu_kernels import fused_kernels_apply
 from .modeling_dsvl_sam import DeepSeekVLSamVisionModel, init_sam_weights
 from .onednn_linear import ONEDNN_LINEAR, onednn_applies, route_linears_through_onednn
@@ -140,7 +140,7 @@ def per_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     `enable_fused_cpu_kernels()` the whole of it is the fused kernel's `attention` instead.
     """
     if fused_kernels_apply(query):
-        return fused_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling)
+        return attention_kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling)
     batch, tokens, heads, head_dim = query.shape
     scaled_query = query.new_empty(batch, heads, tokens, head_dim)
     torch.mul(query.transpose(1, 2), scaling, out=scaled_query)

@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
 from .cpu_kernels import fused_kernels_apply, relative_bias_softmax_
-from .cpu_kernels import window_attention as fused_window_attention
+from .cpu_kernels import window_attention as window_attention_kernel
 from .onednn_linear import (
     ONEDNN_LINEAR,
     ONEDNN_LINEAR_ADD,
@@ -296,8 +296,8 @@ class DeepSeekVLSamAttention(nn.Module):
         weights = self.qkv.weight.chunk(3)
         query, key, value = (linear(hidden_states, weight, bias) for weight, bias in zip(weights, biases))
         tables = flipped_relative_tables(self.rel_pos_h, self.rel_pos_w, hidden_states.dtype)
-        return fused_window_attention(query, key, value, *biases, tables, self.window_size, self.num_heads,
-                                      self.scaling)
+        return window_attention_kernel(query, key, value, *biases, tables, self.window_size, self.num_heads,
+                                       self.scaling)
 
     def attend(self, query, key, value, size_h: int, size_w: int, implementation: str, dropout: float):
         """Attention of [windows, heads, N, head_dim] queries over a size_h x size_w grid with the relative-position
@@ -420,8 +420,9 @@ def per_window_attention(query, key, value, rel_h, rel_w, scaling: float) -> tor
     (With `enable_fused_cpu_kernels()` the window blocks take `DeepSeekVLSamAttention.fused_window_attention`.)
     """
     windows, heads, tokens, head_dim = query.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
     output = query.new_empty(windows, tokens, heads, head_dim)
-    bias = query.new_empty(heads, tokens, rel_h.shape[-1], rel_w.shape[-1])
+    bias = query.new_empty(heads, tokens, height, width)
     # bmm writes a contiguous buffer faster than the strided output (~2 ms per SAM-B block), the copy costs 0.1 ms.
     attended = query.new_empty(heads, tokens, head_dim)
     for window in range(windows):
