@@ -18,9 +18,7 @@ from transformers_dsvl import cpu_kernels, modeling_dsvl, modeling_dsvl_sam
 from transformers_dsvl.modeling_dsvl_sam import (
     DeepSeekVLSamAttention,
     dense_relative_bias,
-    flipped_relative_tables,
     relative_position_terms,
-    relative_terms_views,
     sam_eager_attention_forward,
 )
 
@@ -40,8 +38,7 @@ def kernel_calls(fused_kernels, monkeypatch):
     """Counts the models' calls of the kernels by name."""
     calls = []
     for module, alias, name in ((modeling_dsvl, "attention_kernel", "attention"),
-                                (modeling_dsvl_sam, "window_attention_kernel", "window_attention"),
-                                (modeling_dsvl_sam, "relative_bias_softmax_", "relative_bias_softmax_")):
+                                (modeling_dsvl_sam, "window_attention_kernel", "window_attention")):
         real = getattr(module, alias)
 
         def counted(*args, _real=real, _name=name):
@@ -55,41 +52,6 @@ def kernel_calls(fused_kernels, monkeypatch):
 def projected(batch, heads, tokens, head_dim, generator):
     """q, k, v as the projections leave them: [B, N, heads, d] in memory, seen as [B, heads, N, d]."""
     return tuple(torch.randn(batch, tokens, heads, head_dim, generator=generator).transpose(1, 2) for _ in range(3))
-
-
-@pytest.mark.parametrize("height,width", [(4, 4), (5, 7), (14, 14), (3, 40)])
-def test_relative_bias_softmax_equals_softmax_of_the_dense_bias(height, width, fused_kernels):
-    generator = torch.Generator().manual_seed(0)
-    scores = torch.randn(2, 6, height * width, generator=generator) * 4
-    rel_h = torch.randn(2, 6, height, generator=generator)
-    rel_w = torch.randn(2, 6, width, generator=generator)
-    expected = torch.softmax(scores + (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2), dim=-1)
-    result = fused_kernels.relative_bias_softmax_(scores, rel_h, rel_w)
-    assert result is scores  # in place
-    torch.testing.assert_close(scores, expected, atol=TOLERANCE, rtol=TOLERANCE)
-    torch.testing.assert_close(scores.sum(-1), torch.ones(2, 6))
-
-
-def test_relative_bias_softmax_reads_the_global_blocks_strided_terms(fused_kernels):
-    """The global blocks hand it `relative_terms_views` of the table products (no copies): same values as the
-    einsum's terms."""
-    height, width, head_dim, scaling = 6, 5, 8, 0.3
-    generator = torch.Generator().manual_seed(1)
-    query = torch.randn(1, 1, height * width, head_dim, generator=generator)
-    rel_pos_h = torch.randn(2 * height - 1, head_dim, generator=generator)
-    rel_pos_w = torch.randn(2 * width - 1, head_dim, generator=generator)
-    rel_h, rel_w = relative_position_terms(query, rel_pos_h, rel_pos_w, height, width)
-    scores = torch.randn(height * width, height * width, generator=generator)
-    expected = torch.softmax(scores + dense_relative_bias(rel_h, rel_w)[0, 0], dim=-1)
-    scaled_query = query[0, 0] * scaling
-    products = scaled_query @ (flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling).T
-    first_row = 2
-    chunk = slice(first_row * width, height * width)
-    view_h, view_w = relative_terms_views(products[chunk], height, width, first_row=first_row)
-    assert view_h.stride(-1) == 1 and not view_h.is_contiguous()
-    fused = scores[chunk].clone()
-    fused_kernels.relative_bias_softmax_(fused.view(-1, width, height * width), view_h, view_w)
-    torch.testing.assert_close(fused, expected[chunk], atol=TOLERANCE, rtol=TOLERANCE)
 
 
 @pytest.mark.parametrize("size", [4, 5], ids=["4x4", "5x5"])
@@ -131,14 +93,11 @@ def test_window_attention_kernel_equals_the_original(grid, qkv_bias, fused_kerne
 
 
 def test_kernels_reject_operands_they_cannot_take(fused_kernels):
-    scores, rel_h, rel_w = torch.randn(2, 3, 16), torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    with pytest.raises(RuntimeError, match="float32"):
-        fused_kernels.relative_bias_softmax_(scores.double(), rel_h, rel_w)
-    with pytest.raises(RuntimeError, match="cover the scores' 16 keys"):
-        fused_kernels.relative_bias_softmax_(scores, rel_h, torch.randn(2, 3, 3))
-    with pytest.raises(RuntimeError, match="contiguous in its last dimension"):
-        fused_kernels.relative_bias_softmax_(torch.randn(2, 16, 3).transpose(1, 2), rel_h, rel_w)
     query = torch.randn(1, 2, 16, 8)
+    with pytest.raises(RuntimeError, match="float32"):
+        fused_kernels.attention(query.double(), query, query, 1.0)
+    with pytest.raises(RuntimeError, match="contiguous in its last dimension"):
+        fused_kernels.attention(query.transpose(2, 3), query, query, 1.0)
     with pytest.raises(RuntimeError, match="must match query"):
         fused_kernels.attention(query, torch.randn(1, 2, 16, 4), torch.randn(1, 2, 16, 4), 1.0)
     maps, tables = torch.randn(1, 5, 5, 8), torch.randn(2 * (2 * 4 - 1), 4)
@@ -167,9 +126,8 @@ def test_model_image_features_with_the_kernels_equal_the_plain_path(variant, ker
     assert kernel_calls.count("attention") == siglip_layers
     if variant == "tiny-hybrid":
         sam = fast_model.config.high_res_vision_config
-        windowed = sam.num_hidden_layers - len(sam.global_attn_indexes)
-        assert kernel_calls.count("window_attention") == windowed
-        assert kernel_calls.count("relative_bias_softmax_") >= len(sam.global_attn_indexes)  # one per chunk
+        assert sam.global_attn_indexes
+        assert kernel_calls.count("window_attention") == sam.num_hidden_layers  # window and global blocks
     else:
         assert set(kernel_calls) == {"attention"}
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
@@ -210,21 +168,47 @@ def test_the_build_is_named_by_torch_version_instruction_set_and_installation():
     assert cpu_kernels.SOURCE.is_file()
 
 
-def test_sam_global_blocks_take_the_fused_softmax_in_every_chunk(fused_kernels, monkeypatch):
-    generator = torch.Generator().manual_seed(0)
-    height, width = 6, 5
-    query, key, value = projected(1, 2, height * width, 8, generator)
-    rel_pos_h = torch.randn(2 * height - 1, 8, generator=generator)
-    rel_pos_w = torch.randn(2 * width - 1, 8, generator=generator)
-    rel_h, rel_w = relative_position_terms(query, rel_pos_h, rel_pos_w, height, width)
-    expected, _ = sam_eager_attention_forward(torch.nn.Module(), query, key, value,
-                                              dense_relative_bias(rel_h, rel_w), 0.3)
-    monkeypatch.setattr(modeling_dsvl_sam, "ONEDNN_SCORES_CHUNK_BYTES", 2 * width * height * width * 4)
-    chunks = []
-    real = modeling_dsvl_sam.relative_bias_softmax_
-    monkeypatch.setattr(modeling_dsvl_sam, "relative_bias_softmax_", lambda *args: chunks.append(args[0].shape) or
+def original_global_attention(module: DeepSeekVLSamAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The original global block's attention: one fused q/k/v product, the dense relative-position bias, eager."""
+    batch, height, width, _ = hidden_states.shape
+    qkv = module.qkv(hidden_states).reshape(batch, height * width, 3, module.num_heads, module.head_dim)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    rel_h, rel_w = relative_position_terms(query, module.rel_pos_h, module.rel_pos_w, height, width)
+    output, _ = sam_eager_attention_forward(module, query, key, value, dense_relative_bias(rel_h, rel_w),
+                                            module.scaling)
+    return module.proj(output.reshape(batch, height, width, -1))
+
+
+@pytest.mark.parametrize("grid", [14, 33], ids=["14-one-block", "33-blocks-of-queries-and-keys"])
+def test_sam_global_blocks_take_the_window_kernel_as_one_window(grid, fused_kernels, monkeypatch):
+    """A global block is one window covering its grid. 33 x 33 = 1089 tokens are attended 64 query rows and 512 keys
+    at a time, with short last blocks."""
+    config = small_sam_config(image_size=grid * 16)
+    config._attn_implementation = "sdpa"
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=0)).eval()
+    hidden_states = torch.randn(2, grid, grid, config.hidden_size)
+    plain = original_global_attention(module, hidden_states).detach()
+    windows = []
+    real = modeling_dsvl_sam.window_attention_kernel
+    monkeypatch.setattr(modeling_dsvl_sam, "window_attention_kernel", lambda *args: windows.append(args[7]) or
                         real(*args))
     with torch.inference_mode():
-        result = modeling_dsvl_sam.onednn_attention(query, key, value, rel_pos_h, rel_pos_w, 0.3, height, width)
-    assert chunks == [(2, width, height * width)] * 3 * 2  # 3 chunks of 2 grid rows, per head
-    torch.testing.assert_close(result, expected, atol=TOLERANCE, rtol=TOLERANCE)
+        fast, weights = module(hidden_states)
+    assert windows == [grid] and weights is None
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_a_global_grid_other_than_its_tables_takes_the_default_path(fused_kernels, monkeypatch):
+    """The kernel reads the tables for a square grid of their size; any other grid takes `onednn_attention`."""
+    config = small_sam_config(image_size=8 * 16)
+    config._attn_implementation = "sdpa"
+    module = randomize_(DeepSeekVLSamAttention(config, window_size=0)).eval()
+    calls = []
+    monkeypatch.setattr(modeling_dsvl_sam, "window_attention_kernel", lambda *args: calls.append("kernel"))
+    real = modeling_dsvl_sam.onednn_attention
+    monkeypatch.setattr(modeling_dsvl_sam, "onednn_attention", lambda *args: calls.append("default") or real(*args))
+    assert module.fused_kernel_window(8, 8) == 8
+    with torch.inference_mode():
+        module(torch.randn(1, 6, 8, config.hidden_size))
+    assert calls == ["default"] and module.fused_kernel_window(6, 8) == 0

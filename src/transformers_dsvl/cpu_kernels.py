@@ -3,18 +3,17 @@
 `enable_fused_cpu_kernels()` compiles `csrc/attention_kernels.cpp` with torch's C++ extension loader (about 30 s on
 first use; torch caches the build under `TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions) and routes
 float32 CPU inference through it:
-- SAM's global blocks add their decomposed relative-position bias inside the softmax (`relative_bias_softmax_`)
-  instead of writing a dense bias of 201 million floats per block and reading it back;
-- SAM's window blocks (`window_attention`) and SigLIP's attention (`attention`) run each (window or sample, head)
-  pair as one task: both products through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels, where torch's
-  batched products take MKL's AVX2 code on AMD), the bias and softmax in between on scores that stay in the core's
-  cache. The window kernel cuts the windows from the unpadded q, k and v maps itself and writes the cropped output
-  map, so no padded map or window copies are made and no padding token is projected.
+- SAM's attention blocks (`window_attention`) and SigLIP's attention (`attention`) run each (window or sample,
+  head) pair as one task: both products through torch's batch-reduce GEMM (oneDNN's AVX-512 micro-kernels, where
+  torch's batched products take MKL's AVX2 code on AMD), the relative-position bias and softmax in between on scores
+  that stay in the core's cache (the dense bias, 201 million floats per global block, is never written). The window
+  kernel cuts the windows from the unpadded q, k and v maps itself and writes the cropped output map, so no padded
+  map or window copies are made and no padding token is projected; a global block is one window covering the grid.
 Values agree with the default path to float32 rounding (tests/test_cpu_kernels.py).
 
-Written because torch has no CPU kernel that fuses a bias into softmax, nor one that keeps a small attention's
-scores in cache between its two products, nor a batched product in oneDNN's AVX-512 code. It is opt-in, as
-`keep_freed_memory` is, because it needs a C++ compiler and ninja at run time and its first call stalls while it
+Written because torch has no CPU kernel that adds a decomposed bias inside softmax, nor one that keeps an
+attention's scores in cache between its two products, nor a batched product in oneDNN's AVX-512 code. It is opt-in,
+as `keep_freed_memory` is, because it needs a C++ compiler and ninja at run time and its first call stalls while it
 compiles; without it the model computes the same values.
 """
 
@@ -69,15 +68,6 @@ def fused_kernels_apply(query: torch.Tensor) -> bool:
             and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
-def relative_bias_softmax_(scores: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
-    """In place: scores [A, B, height * width] <- softmax over the last dimension of scores + (rel_h[..., row] +
-    rel_w[..., column]), with rel_h [A, B, height] and rel_w [A, B, width]. Every operand is float32 on CPU and
-    contiguous in its last dimension; the other strides are free (strided views of the relative-position products
-    work as they are). Only while `fused_cpu_kernels_enabled()`."""
-    _loaded().relative_bias_softmax_(scores, rel_h, rel_w)
-    return scores
-
-
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
     """softmax(scaling * q.k^T) v for query, key, value [N, heads, tokens, head_dim] (any strides but a contiguous
     last dimension). Returns [N, queries, heads, head_dim]. Only while `fused_cpu_kernels_enabled()`."""
@@ -90,8 +80,8 @@ def window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     """SAM's windowed attention from the unpadded q, k and v maps [B, height, width, heads * head_dim] (contiguous
     channels) to the cropped output map of the same shape: the kernel cuts the windows itself, a token past the map's
     edge getting the qkv bias (zeros without one), what the original's zero-padded tokens get from the projection.
-    `tables` are `flipped_relative_tables` [2 * (2 * window_size - 1), head_dim]. Only while
-    `fused_cpu_kernels_enabled()`."""
+    A global block is the window the size of its (square) grid. `tables` are `flipped_relative_tables`
+    [2 * (2 * window_size - 1), head_dim]. Only while `fused_cpu_kernels_enabled()`."""
     return _loaded().window_attention(query, key, value, query_bias, key_bias, value_bias, tables.t().contiguous(),
                                       window_size, heads, scaling)
 
@@ -147,5 +137,4 @@ __all__ = [
     "enable_fused_cpu_kernels",
     "fused_cpu_kernels_enabled",
     "fused_kernels_apply",
-    "relative_bias_softmax_",
 ]

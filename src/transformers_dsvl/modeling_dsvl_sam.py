@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dsvl import DeepSeekVLSamVisionConfig
-from .cpu_kernels import fused_kernels_apply, relative_bias_softmax_
+from .cpu_kernels import fused_kernels_apply
 from .cpu_kernels import window_attention as window_attention_kernel
 from .onednn_linear import (
     ONEDNN_LINEAR,
@@ -267,8 +267,9 @@ class DeepSeekVLSamAttention(nn.Module):
                 "Fix: load the model with attn_implementation='eager'."
             )
         dropout = self.config.attention_dropout if self.training else 0.0
-        if self.window_size and implementation == "sdpa" and not dropout and fused_kernels_apply(hidden_states):
-            return self.proj(self.fused_window_attention(hidden_states)), None
+        kernel_window = self.fused_kernel_window(height, width)
+        if kernel_window and implementation == "sdpa" and not dropout and fused_kernels_apply(hidden_states):
+            return self.proj(self.fused_window_attention(hidden_states, kernel_window)), None
         if torch.is_grad_enabled():
             query, key, value, padded_hw = self.project_fused(hidden_states)
         else:
@@ -288,16 +289,24 @@ class DeepSeekVLSamAttention(nn.Module):
             attn_output = window_unpartition(attn_output, self.window_size, padded_hw, (height, width))
         return self.proj(attn_output), attn_weights
 
-    def fused_window_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Window blocks under `enable_fused_cpu_kernels()`: q, k and v of the real tokens only, then the kernel cuts
-        the windows itself (the padding getting the qkv bias, what the original's zero tokens get), attends and
-        writes the cropped map: no padded map, no window copies, no padded tokens projected."""
+    def fused_kernel_window(self, height: int, width: int) -> int:
+        """The window the fused kernel attends over: the block's window, or for a global block the whole grid when
+        it is square with tables of its size (always in SAM: the grid is image_size / patch_size); 0 where the kernel
+        does not apply."""
+        if self.window_size:
+            return self.window_size
+        whole_grid = height == width and self.rel_pos_h.shape[0] == self.rel_pos_w.shape[0] == 2 * height - 1
+        return height if whole_grid else 0
+
+    def fused_window_attention(self, hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
+        """Under `enable_fused_cpu_kernels()`: q, k and v of the real tokens only, then the kernel cuts the windows
+        itself (the padding getting the qkv bias, what the original's zero tokens get), attends and writes the
+        cropped map: no padded map, no window copies, no padded tokens projected. A global block is one window."""
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         weights = self.qkv.weight.chunk(3)
         query, key, value = (linear(hidden_states, weight, bias) for weight, bias in zip(weights, biases))
         tables = flipped_relative_tables(self.rel_pos_h, self.rel_pos_w, hidden_states.dtype)
-        return window_attention_kernel(query, key, value, *biases, tables, self.window_size, self.num_heads,
-                                       self.scaling)
+        return window_attention_kernel(query, key, value, *biases, tables, window_size, self.num_heads, self.scaling)
 
     def attend(self, query, key, value, size_h: int, size_w: int, implementation: str, dropout: float):
         """Attention of [windows, heads, N, head_dim] queries over a size_h x size_w grid with the relative-position
@@ -371,8 +380,8 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     Written out because sdpa's CPU kernel does its products through MKL (AVX2 on AMD, see onednn_linear) in small
     tiles: at SAM-B's 4096 tokens this runs a global block's attention in ~0.6x the time. Per head, the terms need no
     [heads, N, 64] temporaries of the whole grid (fresh, page-faulted memory at SAM-B's size). Each head's keys and
-    values are packed once for all of its chunks (`pack_weight`). With `enable_fused_cpu_kernels()` the bias is
-    added inside the softmax (`relative_bias_softmax_`) instead of being written out for the product.
+    values are packed once for all of its chunks (`pack_weight`). (With `enable_fused_cpu_kernels()` the global
+    blocks take `DeepSeekVLSamAttention.fused_window_attention`, the grid as one window.)
     """
     batch, heads, queries, head_dim = query.shape
     keys = key.shape[2]
@@ -382,8 +391,7 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
     # The terms are products of the unscaled query with the tables: the scaled query times tables / scaling.
     tables = flipped_relative_tables(rel_pos_h, rel_pos_w, query.dtype) / scaling
     output = query.new_empty(batch, queries, heads, head_dim)
-    fused = fused_kernels_apply(query)
-    bias = None if fused else query.new_empty(grid_rows, width, height, width)
+    bias = query.new_empty(grid_rows, width, height, width)
     for sample in range(batch):
         for head in range(heads):
             scaled_query = query[sample, head] * scaling
@@ -394,14 +402,10 @@ def onednn_attention(query, key, value, rel_pos_h, rel_pos_w, scaling: float, he
                 stop = min(start + rows, queries)
                 chunk_query = scaled_query[start:stop]
                 rel_h, rel_w = relative_terms_views(products[start:stop], height, width, first_row=start // width)
-                if fused:
-                    scores = ONEDNN_LINEAR(chunk_query, head_key, None, "none", [], "")
-                    relative_bias_softmax_(scores.view(-1, width, keys), rel_h, rel_w)
-                else:
-                    chunk_bias = bias[: (stop - start) // width]
-                    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=chunk_bias)
-                    scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
-                    torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+                chunk_bias = bias[: (stop - start) // width]
+                torch.add(rel_h[..., :, None], rel_w[..., None, :], out=chunk_bias)
+                scores = ONEDNN_LINEAR_ADD(chunk_query, chunk_bias.view(stop - start, keys), head_key, None, "add")
+                torch.ops.aten._softmax.out(scores, -1, False, out=scores)
                 output[sample, start:stop, head] = ONEDNN_LINEAR(scores, head_value_t, None, "none", [], "")
     return output
 
