@@ -4,12 +4,14 @@
   autograd) instead of densely; outside autograd the global blocks run `onednn_attention` (per head and chunk of
   rows, products through oneDNN); plain path: the original's arithmetic (eager, dense bias).
 - SAM attention: q, k and v as three products with thirds of the fused qkv weight; plain path: the fused product.
-- SAM MLP: GELU in place outside autograd, over chunks of tokens; plain path: the out-of-place activation.
+- SAM MLP: GELU fused into the first product's oneDNN call (or in place) outside autograd, over chunks of tokens;
+  plain path: the out-of-place activation.
 - SAM window blocks outside autograd: relative-position terms as one product read through strided views (plain
   path: the einsum), and attention one window at a time through batched products (`per_window_attention`; plain
   path: the dense eager attention). The residual stream is made contiguous outside autograd; plain path: the conv's
   memory layout.
-- SigLIP MLP (`DeepSeekVLSiglipMLP`): the activation in place outside autograd; plain path: transformers' `SiglipMLP`.
+- SigLIP MLP (`DeepSeekVLSiglipMLP`): the GELU fused into fc1's oneDNN call outside autograd; plain path:
+  transformers' `SiglipMLP`.
 - Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
   (`OneDNNLinear`); plain path: `F.linear`.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
@@ -54,6 +56,7 @@ from transformers_dsvl.modeling_dsvl_sam import (
 )
 from transformers_dsvl.onednn_linear import (
     OneDNNLinear,
+    linear_gelu_,
     onednn_applies,
     route_linears_through_onednn,
     weight_packed,
@@ -210,7 +213,8 @@ def test_window_attention_equals_the_original(implementation, qkv_bias, autograd
 
 @pytest.mark.parametrize("onednn", [False, True], ids=["nn.Linear", "OneDNNLinear"])
 @pytest.mark.parametrize("chunk_bytes", [2**30, 20 * 192 * 4], ids=["whole", "3-chunks"])
-def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, onednn, packed_weights, monkeypatch):
+def test_inference_gelu_equals_the_plain_mlp(chunk_bytes, onednn, packed_weights, post_ops, monkeypatch):
+    """GELU fused into lin1's oneDNN product (OneDNNLinear), or in place (nn.Linear), over chunks of tokens."""
     monkeypatch.setattr(modeling_dsvl_sam, "MLP_CHUNK_BYTES", chunk_bytes)  # 50 tokens of 192 hidden floats
     config = small_sam_config()
     mlp = randomize_(DeepSeekVLSamMLP(config)).eval()
@@ -219,11 +223,13 @@ def test_in_place_gelu_equals_the_plain_mlp(chunk_bytes, onednn, packed_weights,
     hidden_states = torch.randn(2, 5, 5, config.hidden_size)
     plain = mlp.lin2(mlp.act(mlp.lin1(hidden_states)))
     calls = []
-    monkeypatch.setattr(mlp.lin1, "forward", lambda tokens: calls.append(tokens.shape) or type(mlp.lin1).forward(
-        mlp.lin1, tokens))
+    real_linear_gelu_ = modeling_dsvl_sam.linear_gelu_
+    monkeypatch.setattr(modeling_dsvl_sam, "linear_gelu_", lambda layer, tokens: calls.append(tokens.shape) or
+                        real_linear_gelu_(layer, tokens))
     with torch.inference_mode():
         fast = mlp(hidden_states)
     assert len(calls) == (3 if chunk_bytes < 2**30 else 1)
+    assert post_ops == (["gelu", "none"] * len(calls) if onednn else [])  # lin1 with the GELU, then lin2
     # Chunks share one packed copy of each weight (oneDNN layers only); one chunk needs none.
     assert len(packed_weights) == (2 if onednn and chunk_bytes < 2**30 else 0)
     assert fast.shape == plain.shape
@@ -316,8 +322,9 @@ def test_sam_residual_stream_is_contiguous_in_inference_only():
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_pytorch_tanh", "quick_gelu"])
-def test_siglip_mlp_in_place_activation_gives_the_same_values(activation):
-    """gelu and gelu_pytorch_tanh run in place outside autograd; other activations keep transformers' forward."""
+def test_siglip_mlp_inference_activation_gives_the_same_values(activation, post_ops):
+    """gelu and gelu_pytorch_tanh are fused into fc1's oneDNN product outside autograd; other activations keep
+    transformers' forward."""
     model = tiny_model("tiny-hybrid")
     mlps = [module for module in model.modules() if isinstance(module, SiglipMLP)]
     assert mlps and all(type(module) is DeepSeekVLSiglipMLP for module in mlps)
@@ -329,7 +336,12 @@ def test_siglip_mlp_in_place_activation_gives_the_same_values(activation):
     plain = SiglipMLP.forward(mlp, hidden_states).detach()
     with torch.inference_mode():
         fast = mlp(hidden_states)
-    assert torch.equal(fast, plain)  # the same kernels on the same numbers
+    if activation == "quick_gelu":
+        assert post_ops == ["none", "none"] and torch.equal(fast, plain)  # the same kernels on the same numbers
+    else:
+        assert post_ops == ["gelu", "none"]
+        torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
+    post_ops.clear()
     # Under autograd transformers' forward runs (the activation's backward needs its input), gradients flow.
     trained = mlp(hidden_states.requires_grad_())
     assert torch.equal(trained.detach(), plain)
@@ -411,6 +423,15 @@ def onednn_calls(monkeypatch):
 
 
 @pytest.fixture
+def post_ops(monkeypatch):
+    """The post-op (`"none"`, `"gelu"`) of each call that reaches the oneDNN kernel (and still runs it)."""
+    calls = []
+    kernel = onednn_linear.ONEDNN_LINEAR
+    monkeypatch.setattr(onednn_linear, "ONEDNN_LINEAR", lambda *args: calls.append(args[3]) or kernel(*args))
+    return calls
+
+
+@pytest.fixture
 def packed_weights(monkeypatch):
     """Shapes of the weights packed for oneDNN (`pack_weight`)."""
     calls = []
@@ -448,6 +469,30 @@ def test_onednn_linear_equals_f_linear(bias, onednn_calls):
     # Autograd on, weights frozen (a frozen tower in a training run): F.linear's rounding.
     assert torch.equal(layer.requires_grad_(False)(inputs[0]), F.linear(inputs[0], layer.weight, layer.bias))
     assert len(onednn_calls) == len(inputs) + 1
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_linear_gelu_fuses_the_gelu_into_onednn_and_otherwise_runs_the_layer(approximate, post_ops):
+    generator = torch.Generator().manual_seed(0)
+    layer = randomize_(route_linears_through_onednn(torch.nn.Sequential(torch.nn.Linear(96, 200)))[0], 0).eval()
+    hidden = torch.randn(2, 17, 96, generator=generator)
+    expected = F.gelu(F.linear(hidden, layer.weight, layer.bias), approximate=approximate)
+    with torch.inference_mode():
+        fused = linear_gelu_(layer, hidden, approximate)
+        with weight_packed(layer, 34):
+            fused_packed = linear_gelu_(layer, hidden, approximate)
+        assert post_ops == ["gelu", "gelu"]
+        # A layer with hooks runs as a module (its hooks see its output), the GELU then in place.
+        hook_calls = []
+        handle = layer.register_forward_hook(lambda module, args, output: hook_calls.append(output.shape))
+        hooked = linear_gelu_(layer, hidden, approximate)
+        handle.remove()
+        assert post_ops == ["gelu", "gelu", "none"] and hook_calls == [(2, 17, 200)]
+    for result in (fused, fused_packed, hooked):
+        torch.testing.assert_close(result, expected, atol=TOLERANCE, rtol=TOLERANCE)
+    # Autograd on (frozen weights): the layer's F.linear, then GELU in place; the same numbers as unfused.
+    layer.requires_grad_(False)
+    assert torch.equal(linear_gelu_(layer, hidden, approximate), expected) and post_ops[3:] == []
 
 
 def test_packed_weight_gives_the_plain_outputs_for_one_forward_only(onednn_calls, packed_weights):

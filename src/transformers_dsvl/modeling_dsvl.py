@@ -22,7 +22,7 @@ from .configuration_dsvl import HYBRID_ALIGNER_TYPE, DeepSeekVLConfig
 from .cpu_kernels import attention as attention_kernel
 from .cpu_kernels import fused_kernels_apply
 from .modeling_dsvl_sam import DeepSeekVLSamVisionModel, init_sam_weights
-from .onednn_linear import ONEDNN_LINEAR, onednn_applies, route_linears_through_onednn
+from .onednn_linear import ONEDNN_LINEAR, linear_gelu_, onednn_applies, route_linears_through_onednn
 
 try:  # transformers 5.x: init functions that leave loaded weights alone
     from transformers import initialization as weight_init
@@ -111,22 +111,21 @@ class DeepSeekVLAligner(nn.Module):
 
 
 # In-place variants of the activations SigLIP checkpoints use (transformers' ACT2FN names).
-IN_PLACE_ACTIVATIONS = {
-    "gelu": torch.ops.aten.gelu_,
-    "gelu_pytorch_tanh": lambda hidden_states: torch.ops.aten.gelu_(hidden_states, approximate="tanh"),
-}
+# hidden_act -> F.gelu's `approximate`, for the activations the inference path fuses into fc1 (see linear_gelu_).
+GELU_APPROXIMATIONS = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}
 
 
 class DeepSeekVLSiglipMLP(SiglipMLP):
-    """transformers' `SiglipMLP` with the activation applied in place when autograd is off (inference), the same
-    values: SigLIP-L's [576, 4096] activation is 9.4 MB, above glibc's mmap threshold, so a second one is fresh memory
-    page-faulted in at every layer (the SigLIP-L tower runs ~10% faster in place). Training keeps the original."""
+    """transformers' `SiglipMLP` with the GELU fused into fc1's oneDNN product, or applied in place, when autograd is
+    off (inference), the same values: SigLIP-L's [576, 4096] activation is 9.4 MB, above glibc's mmap threshold, so a
+    second one is fresh memory page-faulted in at every layer (the SigLIP-L tower runs ~10% faster in place).
+    Training keeps the original."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        activation_ = IN_PLACE_ACTIVATIONS.get(self.config.hidden_act)
-        if activation_ is None or torch.is_grad_enabled():
+        approximate = GELU_APPROXIMATIONS.get(self.config.hidden_act)
+        if approximate is None or torch.is_grad_enabled():
             return super().forward(hidden_states)
-        return self.fc2(activation_(self.fc1(hidden_states)))
+        return self.fc2(linear_gelu_(self.fc1, hidden_states, approximate))
 
 
 def per_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:

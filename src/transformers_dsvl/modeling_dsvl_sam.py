@@ -26,6 +26,7 @@ from .onednn_linear import (
     ONEDNN_LINEAR_ADD,
     ONEDNN_PACK_WEIGHT,
     linear,
+    linear_gelu_,
     onednn_applies,
     pack_weight,
     weight_packed,
@@ -88,17 +89,18 @@ class DeepSeekVLSamMLP(nn.Module):
             return self.lin2(self.act(self.lin1(hidden_states)))
         if torch.is_grad_enabled():  # a frozen tower inside a training run: in place, in one piece (its rounding)
             return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
-        # Inference (autograd off): GELU in place, over chunks of tokens. SAM-B's whole [4096, 3072] activation
-        # (50 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at every block; a chunk is not.
+        # Inference (autograd off): GELU fused into the first product (or in place), over chunks of tokens. SAM-B's
+        # whole [4096, 3072] activation (50 MB) is above glibc's mmap threshold, i.e. fresh memory page-faulted in at
+        # every block; a chunk is not.
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         num_chunks = -(-tokens.shape[0] * self.lin1.out_features * tokens.element_size() // MLP_CHUNK_BYTES)
         if num_chunks <= 1:
-            return self.lin2(torch.ops.aten.gelu_(self.lin1(hidden_states)))
+            return self.lin2(linear_gelu_(self.lin1, hidden_states))
         output = tokens.new_empty(tokens.shape[0], self.lin2.out_features)
         chunk_tokens = -(-tokens.shape[0] // num_chunks)
         with weight_packed(self.lin1, chunk_tokens), weight_packed(self.lin2, chunk_tokens):
             for chunk_input, chunk_output in zip(tokens.chunk(num_chunks), output.chunk(num_chunks)):
-                chunk_output.copy_(self.lin2(torch.ops.aten.gelu_(self.lin1(chunk_input))))
+                chunk_output.copy_(self.lin2(linear_gelu_(self.lin1, chunk_input)))
         return output.view(*hidden_states.shape[:-1], self.lin2.out_features)
 
 
