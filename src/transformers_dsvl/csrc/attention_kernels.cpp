@@ -223,7 +223,11 @@ torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Te
   torch::Tensor output = torch::empty({batch, height, width, channels}, query.options());
   const float scale = static_cast<float>(scaling);
   const float* maps[3] = {query.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>()};
-  const torch::Tensor* map_tensors[3] = {&query, &key, &value};
+  // Read once: Tensor::stride() is an out-of-line call, and the gathers below need three per token and map.
+  const int64_t strides[3][3] = {{query.stride(0), query.stride(1), query.stride(2)},
+                                 {key.stride(0), key.stride(1), key.stride(2)},
+                                 {value.stride(0), value.stride(1), value.stride(2)}};
+  const int64_t out_strides[3] = {output.stride(0), output.stride(1), output.stride(2)};
   const float* tables = tables_t.data_ptr<float>();
   float* out_data = output.data_ptr<float>();
   // Long windows are attended a block of query rows at a time, their scores (64 x 4096 floats at SAM-B's global
@@ -244,8 +248,8 @@ torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Te
         const bool inside = y < height && x < width;
         const float* sources[3];
         for (int m = 0; m < 3; ++m) {
-          const torch::Tensor& map = *map_tensors[m];
-          sources[m] = inside ? maps[m] + n * map.stride(0) + y * map.stride(1) + x * map.stride(2) : biases[m];
+          const int64_t* stride = strides[m];
+          sources[m] = inside ? maps[m] + n * stride[0] + y * stride[1] + x * stride[2] : biases[m];
           if (sources[m] != nullptr) sources[m] += h * head_dim;
         }
         copy_or_zero(sources[0], head_dim, q.data() + t * head_dim);
@@ -280,7 +284,7 @@ torch::Tensor window_attention(torch::Tensor query, torch::Tensor key, torch::Te
       for (int64_t t = 0; t < tokens; ++t) {
         const int64_t y = top + t / window, x = left + t % window;
         if (y >= height || x >= width) continue;
-        float* target = out_data + n * output.stride(0) + y * output.stride(1) + x * output.stride(2) + h * head_dim;
+        float* target = out_data + n * out_strides[0] + y * out_strides[1] + x * out_strides[2] + h * head_dim;
         copy_or_zero(attended.data() + t * head_dim, head_dim, target);
       }
     }
