@@ -15,6 +15,8 @@
 - Every linear layer of the model (towers, aligner, language model, head): float32 CPU inference through oneDNN
   (`OneDNNLinear`); plain path: `F.linear`.
 - The whole SAM tower and the model's image features: fast paths (inference mode, sdpa) against the plain ones.
+  Outside autograd the global-feature branch is added before the resize and downsampling (both linear), which then
+  run once; plain path: each branch resized and downsampled, then added.
 - Image preprocessing: the processor's batched table-lookup path is bit-identical to the original's per-image
   arithmetic (`process_one`), with one and with several threads.
 - Multi-turn chat that reuses the KV cache and image features: tests/test_chat_session.py (identical tokens).
@@ -281,11 +283,16 @@ def test_sam_tower_fast_path_equals_the_original_arithmetic(monkeypatch):
     real_per_window = modeling_dsvl_sam.per_window_attention
     monkeypatch.setattr(modeling_dsvl_sam, "per_window_attention",
                         lambda *args: window_calls.append(args[0].shape) or real_per_window(*args))
+    downsample_inputs = []
+    fast_tower.downsamples[0].register_forward_pre_hook(lambda module, args: downsample_inputs.append(args[0].shape))
     with torch.inference_mode():
         fast = fast_tower(pixels).last_hidden_state
     window_layers = config.num_hidden_layers - len(config.global_attn_indexes)
     assert len(global_calls) == len(config.global_attn_indexes)
     assert len(window_term_calls) == len(window_calls) == window_layers
+    # The global-feature branch is added before the (linear) resize and downsampling: one pass instead of two.
+    assert len(downsample_inputs) == 1 and plain_tower.global_alpha.abs().item() > 0.05
+    assert global_branch.abs().max() > 0.1
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, atol=TOLERANCE, rtol=TOLERANCE)
 

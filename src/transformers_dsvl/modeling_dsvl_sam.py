@@ -592,9 +592,15 @@ class DeepSeekVLSamVisionModel(nn.Module):
             if index == self.config.global_feature_layer:
                 global_features = hidden_states
 
-        output = self.resize_and_downsample(self.neck(hidden_states))
-        if global_features is not None:
-            output = output + self.global_alpha * self.resize_and_downsample(self.global_neck(global_features))
+        output = self.neck(hidden_states)
+        if global_features is not None and not torch.is_grad_enabled() and output.dtype == torch.float32:
+            # Inference: the resize and the bias-free convolutions are linear, so D(I(a)) + alpha D(I(b)) =
+            # D(I(a + alpha b)), one pass instead of two (float32 rounding; training keeps the original's order).
+            output = self.resize_and_downsample(output + self.global_alpha * self.global_neck(global_features))
+        else:
+            output = self.resize_and_downsample(output)
+            if global_features is not None:
+                output = output + self.global_alpha * self.resize_and_downsample(self.global_neck(global_features))
         output = output.flatten(2).transpose(1, 2)  # [B, C, g, g] -> [B, g*g, C], row-major grid order
         return DeepSeekVLSamVisionOutput(
             last_hidden_state=output, hidden_states=all_hidden_states, attentions=all_attentions
